@@ -1,0 +1,207 @@
+"""Rebuild the bundled sample corpus from the shared raw data, so its provenance is reproducible.
+
+In: /work/shared/data (or the folder given as the first argument), which holds the original
+files listed in data/sample/README.md. Out, next to this script:
+
+- wikitext2_test_articles.jsonl.gz  WikiText-2 raw test split, one JSON line per article
+                                    (id, title, text), lightly detokenized.
+- botchan.txt                       Botchan, Project Gutenberg header/footer removed, one
+                                    blank-line-separated block per chapter.
+- squad_contexts.csv                SQuAD 2.0 dev subset, one row per question
+                                    (id, title, question, context).
+- ftfy_text_snippets.jsonl          ftfy's test cases: short real-world strings, many with
+                                    mojibake (set, label, text); most are too short for the
+                                    clean stage, which shows its rules at work.
+
+Usage: python data/sample/make_sample.py [SHARED_DATA_DIR]
+The outputs are byte-for-byte deterministic (the gzip header carries no name or time).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SHARED = Path("/work/shared/data")
+
+# ------------------------------------------------------------------------------ WikiText-2
+
+# The replacements of the WikiText detokenizer that lm-evaluation-harness (and Megatron-LM)
+# apply before scoring perplexity on whole articles: undo the " @-@ " style number
+# separators and the spaces the tokenizer put around punctuation and brackets.
+WIKITEXT_LITERAL_FIXES = [
+    ("s '", "s'"),
+    (" @-@ ", "-"),
+    (" @,@ ", ","),
+    (" @.@ ", "."),
+    (" : ", ": "),
+    (" ; ", "; "),
+    (" . ", ". "),
+    (" ! ", "! "),
+    (" ? ", "? "),
+    (" , ", ", "),
+]
+WIKITEXT_BRACKET_FIXES = [
+    (re.compile(r"\(\s*([^\)]*?)\s*\)"), r"(\1)"),
+    (re.compile(r"\[\s*([^\]]*?)\s*\]"), r"[\1]"),
+    (re.compile(r"{\s*([^}]*?)\s*}"), r"{\1}"),
+    (re.compile(r"\"\s*([^\"]*?)\s*\""), r'"\1"'),
+    (re.compile(r"'\s*([^']*?)\s*'"), r"'\1'"),
+]
+WIKITEXT_TAIL_FIXES = [
+    ("= = = =", "===="),
+    ("= = =", "==="),
+    ("= =", "=="),
+    (" \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
+    (" \n", "\n"),
+    ("\n ", "\n"),
+    (" N ", " 1 "),
+    (" 's", "'s"),
+]
+# A top-level heading (" = Title = ") starts an article; " = = Section = = " does not.
+ARTICLE_HEADING = re.compile(r"^ = ([^=].*?) = $")
+# WikiText also breaks equations such as "ωc = 1 rad / s and ... k = 1 Ω" across lines, which
+# leaves " = 1 rad / s and a nominal impedance k = " looking like a heading. Article titles
+# start with a capital (after any leading number), so a lowercase first word is not a title.
+LOWERCASE_FIRST_WORD = re.compile(r"^[\d\W]*[a-z]")
+
+
+def detokenize_wikitext(text: str) -> str:
+    for old, new in WIKITEXT_LITERAL_FIXES:
+        text = text.replace(old, new)
+    for pattern, replacement in WIKITEXT_BRACKET_FIXES:
+        text = pattern.sub(replacement, text)
+    for old, new in WIKITEXT_TAIL_FIXES:
+        text = text.replace(old, new)
+    return text
+
+
+def wikitext_articles(raw_path: Path) -> list[dict[str, str]]:
+    """Split the raw test file at its top-level headings into {id, title, text} articles."""
+    lines = gzip.decompress(raw_path.read_bytes()).decode("utf-8").replace("\r\n", "\n")
+    articles: list[dict[str, str]] = []
+    title, body = None, []
+
+    def close() -> None:
+        if title is not None:
+            text = detokenize_wikitext("\n\n".join(body) + "\n").strip()
+            articles.append({"title": detokenize_wikitext(title).strip(), "text": text})
+
+    for line in lines.split("\n"):
+        heading = ARTICLE_HEADING.match(line)
+        if heading and not LOWERCASE_FIRST_WORD.match(heading.group(1)):
+            close()
+            title, body = heading.group(1), []
+        elif line.strip():
+            body.append(line)
+    close()
+    for number, article in enumerate(articles):
+        article["id"] = f"wikitext2-test-{number:03d}"
+    return [{"id": a["id"], "title": a["title"], "text": a["text"]} for a in articles]
+
+
+def write_jsonl_gz(records: list[dict[str, str]], path: Path) -> None:
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    buffer = io.BytesIO()
+    # mtime=0 and no file name in the header: the same input gives the same bytes.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as gz:
+        gz.write(payload)
+    path.write_bytes(buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------- Botchan
+
+GUTENBERG_START = "*** START OF THIS PROJECT GUTENBERG EBOOK"
+GUTENBERG_END = "End of Project Gutenberg's"
+CHAPTER = re.compile(r"^CHAPTER [IVXL]+\.?$")
+
+
+def botchan_chapters(raw_path: Path) -> list[str]:
+    """The novel without the Gutenberg header, license and transcriber's typo list, cut into
+    the translator's note and one block per chapter (its lines kept as wrapped)."""
+    lines = raw_path.read_text(encoding="utf-8-sig").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(GUTENBERG_START))
+    end = next(i for i, line in enumerate(lines) if line.startswith(GUTENBERG_END))
+    # Skip the "Produced by ..." credit line right after the START marker.
+    body = [line.rstrip() for line in lines[start + 2 : end]]
+    # The transcriber's notes ("[A: Insitent]" ...) follow the end of the story.
+    the_end = next(i for i, line in enumerate(body) if line.strip() == "--(THE END)--")
+    body = body[: the_end + 1]
+    blocks: list[list[str]] = [[]]
+    for line in body:
+        if CHAPTER.match(line.strip()):
+            blocks.append([])
+        if line.strip():
+            blocks[-1].append(line)
+    return ["\n".join(block) for block in blocks if block]
+
+
+# ------------------------------------------------------------------------------------ SQuAD
+
+
+def squad_rows(raw_path: Path) -> list[dict[str, str]]:
+    """One row per question; a paragraph's context repeats for each of its questions."""
+    data = json.loads(raw_path.read_text(encoding="utf-8"))
+    rows = []
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                rows.append(
+                    {
+                        "id": qa["id"],
+                        "title": article["title"],
+                        "question": qa["question"],
+                        "context": paragraph["context"],
+                    }
+                )
+    return rows
+
+
+def write_csv(rows: list[dict[str, str]], path: Path) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ------------------------------------------------------------------------------------- ftfy
+
+
+def ftfy_snippets(raw_path: Path) -> list[dict[str, str]]:
+    """The test strings as they were found (`original`), without ftfy's expected fixes."""
+    rows = []
+    for line in raw_path.read_text(encoding="utf-8").splitlines():
+        case = json.loads(line)
+        rows.append({"set": case["set"], "label": case["label"], "text": case["original"]})
+    return rows
+
+
+def main(shared: Path = DEFAULT_SHARED) -> None:
+    articles = wikitext_articles(shared / "lm/wikitext-2-raw/wiki.test.raw.gz")
+    write_jsonl_gz(articles, HERE / "wikitext2_test_articles.jsonl.gz")
+    chapters = botchan_chapters(shared / "lm/botchan.txt")
+    (HERE / "botchan.txt").write_text("\n\n".join(chapters) + "\n", encoding="utf-8")
+    rows = squad_rows(shared / "eval/squad/squad_v2_dev_subset_shared.json")
+    write_csv(rows, HERE / "squad_contexts.csv")
+    snippets = ftfy_snippets(shared / "unicode/ftfy_mojibake_cases_shared.jsonl")
+    (HERE / "ftfy_text_snippets.jsonl").write_text(
+        # ASCII-escaped: several snippets hold U+0085 or U+2028, which str.splitlines() and
+        # some editors take for line breaks.
+        "".join(json.dumps(r) + "\n" for r in snippets),
+        encoding="ascii",
+    )
+    print(
+        f"wrote {len(articles)} WikiText articles, {len(chapters)} Botchan blocks, "
+        f"{len(rows)} SQuAD rows ({len({r['context'] for r in rows})} distinct contexts), "
+        f"{len(snippets)} ftfy snippets"
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SHARED)

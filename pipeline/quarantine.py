@@ -1,0 +1,63 @@
+"""Quarantine: where records that a stage refuses go, with their reason, never silently lost.
+
+In: refused records (reason, source, locator, detail, the record or a prefix of it). Out:
+`_quarantine.jsonl` in the stage's output folder and a per-reason count for the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+QUARANTINE_FILE = "_quarantine.jsonl"
+MAX_RECORD_CHARS = 2000  # enough to recognise a record, small enough for a huge corpus
+
+
+class Quarantine:
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / QUARANTINE_FILE
+        self.counts: Counter[str] = Counter()
+        self._handle = None
+
+    def add(
+        self,
+        reason: str,
+        *,
+        source: str = "",
+        locator: str = "",
+        detail: str = "",
+        record: Any = None,
+    ) -> None:
+        self.counts[reason] += 1
+        if self._handle is None:
+            self._handle = self.path.open("a", encoding="utf-8")
+        if record is not None and not isinstance(record, str):
+            record = json.dumps(record, ensure_ascii=False, default=str)
+        entry = {
+            "reason": reason,
+            "source": source,
+            "locator": locator,
+            "detail": detail,
+            "record": record[:MAX_RECORD_CHARS] if record else record,
+        }
+        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> Quarantine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_quarantine(folder: Path) -> list[dict[str, Any]]:
+    path = Path(folder) / QUARANTINE_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -1,0 +1,1 @@
+"""MLflow helpers: the run tree, safe parameters, the model registry and the pyfunc flavor."""

@@ -1,0 +1,68 @@
+"""The MLflow pyfunc flavor of a GPT: `mlflow.pyfunc.load_model("models:/NAME@champion")`
+then `.predict(["prompt", ...])` returns generated texts.
+
+In: the `model_dir` artifact (safetensors weights, model config, tokenizer.json). Out: a list of
+strings. The model is logged as "models from code" (`pyfunc_entry.py`), so loading it unpickles
+nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+GENERATION_PARAMS = {"max_new_tokens": 50, "temperature": 0.8, "top_k": 50, "seed": 0}
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "prompt")]),
+    outputs=Schema([ColSpec("string", "text")]),
+    params=ParamSchema(
+        [
+            ParamSpec("max_new_tokens", "long", GENERATION_PARAMS["max_new_tokens"]),
+            ParamSpec("temperature", "double", GENERATION_PARAMS["temperature"]),
+            ParamSpec("top_k", "long", GENERATION_PARAMS["top_k"]),
+            ParamSpec("seed", "long", GENERATION_PARAMS["seed"]),
+        ]
+    ),
+)
+
+
+def _prompts(model_input: Any) -> list[str]:
+    """Prompts from a list, a DataFrame (REST server) or a numpy array."""
+    if hasattr(model_input, "columns"):  # pandas DataFrame
+        column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
+        return [str(v) for v in model_input[column].tolist()]
+    if hasattr(model_input, "tolist"):
+        model_input = model_input.tolist()
+    if isinstance(model_input, str):
+        return [model_input]
+    return [
+        p if isinstance(p, str) else str(p[0] if isinstance(p, (list, tuple)) else p)
+        for p in model_input
+    ]
+
+
+class GPTTextGenerator(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from pipeline.generate import load_generator
+
+        self.net, self.tokenizer = load_generator(context.artifacts["model_dir"])
+
+    def predict(
+        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
+    ) -> list[str]:
+        from pipeline.generate import generate_texts
+
+        settings = {**GENERATION_PARAMS, **(params or {})}
+        return generate_texts(
+            self.net,
+            self.tokenizer,
+            _prompts(model_input),
+            max_new_tokens=int(settings["max_new_tokens"]),
+            temperature=float(settings["temperature"]),
+            top_k=int(settings["top_k"]) or None,
+            seed=int(settings["seed"]),
+        )

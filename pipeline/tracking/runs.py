@@ -1,0 +1,128 @@
+"""The MLflow run tree of a pipeline run: one parent run, one nested run per stage.
+
+In: a tracking URI and an experiment name. Out: run ids, with params, metrics, tags and
+artifacts logged through an explicit `MlflowClient` (never the thread-local "active run"), so
+stages can log from any thread or process. Parameters pass through `safe_params`, which drops
+anything that looks like a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+_SECRET_KEY = re.compile(
+    r"(password|passwd|secret|api[_-]?key|access[_-]?key|credential|auth)", re.I
+)
+_URI_CREDENTIALS = re.compile(r"(//)[^/@\s:]+:[^/@\s]+@")
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    """A SQLite store in the work dir: MLflow 3 refuses the old `./mlruns` file store."""
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(configured: str | None, workdir: Path) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
+
+
+def redact(value: str) -> str:
+    """Hide `user:password@` in URIs."""
+    return _URI_CREDENTIALS.sub(r"\1***:***@", value)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def safe_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flattened params as strings, without secret-looking keys or URI credentials."""
+    params = {}
+    for key, value in flatten(data, prefix).items():
+        if _SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        params[key] = redact(text)[:MAX_PARAM_CHARS]
+    return params
+
+
+class Tracker:
+    """Creates and logs to the runs of one experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            # With a local store, keep artifacts beside it instead of in the caller's CWD.
+            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location
+            )
+
+    def start_run(
+        self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        tags = dict(tags or {})
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: Mapping[str, Any], prefix: str = "") -> None:
+        items = [Param(k, v) for k, v in safe_params(params, prefix).items()]
+        for start in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[start : start + 1000])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        elif path.is_file():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dict(self, run_id: str, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_table(self, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        import pandas as pd
+
+        if rows:
+            self.client.log_table(run_id, pd.DataFrame(rows), artifact_file)

@@ -1,0 +1,62 @@
+"""Planning: fingerprints flow down the DAG, and --only / --from pick the right stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.dag import STAGE_NAMES, UpstreamMissing, plan, run_stage, select
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+def fingerprints(overrides: list[str], tmp_path: Path) -> dict[str, str]:
+    config = load_config(QUICKSTART, overrides)
+    return {p.name: p.output.fingerprint for p in plan(config, tmp_path, "sqlite:///x.db")}
+
+
+def test_a_change_reruns_its_stage_and_everything_downstream(tmp_path):
+    base = fingerprints([], tmp_path)
+    assert list(base) == list(STAGE_NAMES)
+    clean = fingerprints(["clean.min_words=5"], tmp_path)
+    assert [s for s in STAGE_NAMES if clean[s] != base[s]] == list(STAGE_NAMES[1:])
+    train = fingerprints(["train.learning_rate=0.01"], tmp_path)
+    assert [s for s in STAGE_NAMES if train[s] != base[s]] == ["pretrain", "evaluate", "register"]
+
+
+def test_operational_settings_change_nothing(tmp_path):
+    base = fingerprints([], tmp_path)
+    assert (
+        fingerprints(["train.log_every_steps=1", "ingest.max_docs_per_shard=10000"], tmp_path)
+        == base
+    )
+    assert fingerprints(["clean.max_docs_per_shard=7"], tmp_path) == base
+
+
+def test_registry_is_part_of_the_register_fingerprint(tmp_path):
+    config = load_config(QUICKSTART)
+    a = {p.name: p.output.fingerprint for p in plan(config, tmp_path, "sqlite:///a.db")}
+    b = {p.name: p.output.fingerprint for p in plan(config, tmp_path, "sqlite:///b.db")}
+    assert [s for s in STAGE_NAMES if a[s] != b[s]] == ["register"]
+
+
+def test_select_only_and_from(tmp_path):
+    stages = plan(load_config(QUICKSTART), tmp_path)
+    assert [p.name for p in select(stages, only=["clean", "dedup"])] == ["clean", "dedup"]
+    assert [p.name for p in select(stages, start="pretrain")] == [
+        "pretrain",
+        "evaluate",
+        "register",
+    ]
+    with pytest.raises(ValueError, match="unknown stage 'train'"):
+        select(stages, only=["train"])
+
+
+def test_a_stage_without_its_upstream_says_which(tmp_path):
+    config = load_config(QUICKSTART)
+    clean = next(p for p in plan(config, tmp_path) if p.name == "clean")
+    with pytest.raises(UpstreamMissing, match="ingest"):
+        run_stage(clean, config)
