@@ -100,10 +100,10 @@ def test_registry_has_a_champion_that_generates(runs, capsys):
     champion = client.get_model_version_by_alias("e2e-gpt", "champion")
     versions = client.search_model_versions("name='e2e-gpt'")
     assert len(versions) == 2  # the unchanged re-run registered nothing new
-    bpb = {v.version: float(v.tags["val_bpb"]) for v in versions}
-    assert champion.version == min(bpb, key=bpb.get)
+    bpb = {str(v.version): float(v.tags["val_bpb"]) for v in versions}
+    assert str(champion.version) == min(bpb, key=bpb.get)
     newest = str(max(int(v) for v in bpb))
-    assert client.get_model_version_by_alias("e2e-gpt", "challenger").version == newest
+    assert str(client.get_model_version_by_alias("e2e-gpt", "challenger").version) == newest
 
     capsys.readouterr()
     code = cli_main(

@@ -17,8 +17,8 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 GENERATION_PARAMS = {"max_new_tokens": 50, "temperature": 0.8, "top_k": 50, "seed": 0}
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "prompt")]),
-    outputs=Schema([ColSpec("string", "text")]),
+    inputs=Schema([ColSpec("string")]),
+    outputs=Schema([ColSpec("string")]),
     params=ParamSchema(
         [
             ParamSpec("max_new_tokens", "long", GENERATION_PARAMS["max_new_tokens"]),

@@ -23,6 +23,7 @@ _SECRET_KEY = re.compile(
     r"(password|passwd|secret|api[_-]?key|access[_-]?key|credential|auth)", re.I
 )
 _URI_CREDENTIALS = re.compile(r"(//)[^/@\s:]+:[^/@\s]+@")
+_NOT_IN_NAMES = re.compile(r"[^\w\-. :/]")  # MLflow's allowed metric-name characters
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
@@ -98,7 +99,7 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
         now = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), now, step)
+            Metric(_NOT_IN_NAMES.sub("_", k), float(v), now, step)
             for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         ]

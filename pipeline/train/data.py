@@ -1,0 +1,167 @@
+"""Training and validation batches read from token shards.
+
+In: a folder of `train-*.bin` / `val-*.bin` token shards (pipeline/tokenizer/token_shards.py).
+Out: `TokenShardDataModule`, a LightningDataModule whose batches are (x, y) pairs of int64
+tensors of shape (batch_size, block_size), y being x shifted by one token.
+
+Training draws windows of block_size + 1 tokens at random positions. Batch number k is a pure
+function of (seed, rank, k), and the loader starts at k = global_step * grad_accum_steps, so a
+run resumed from a checkpoint sees exactly the batches it would have seen without the stop.
+Validation reads a fixed set of val_batches * batch_size windows spread evenly over the val
+split, in order, so every evaluation (and every run with the same shards) scores the same tokens.
+Shards are memory-mapped, never loaded whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from pipeline.tokenizer.token_shards import load_tokens, read_header, split_paths
+
+
+class TokenWindows:
+    """All windows of `window` consecutive tokens in a list of shards, addressed by one index.
+
+    A window never crosses a shard boundary; shards shorter than one window contribute none.
+    """
+
+    def __init__(self, paths: list[Path], window: int, split: str):
+        if not paths:
+            raise FileNotFoundError(f"no {split}-*.bin token shards")
+        self.paths = list(paths)
+        self.window = window
+        lengths = [read_header(p)[1] for p in self.paths]
+        self.total_tokens = sum(lengths)
+        starts_per_shard = [max(0, n - window + 1) for n in lengths]
+        self.num_windows = sum(starts_per_shard)
+        if self.num_windows == 0:
+            raise ValueError(
+                f"the {split} split has {self.total_tokens} tokens in {len(paths)} shard(s), "
+                f"the longest {max(lengths)}: fewer than one window of block_size + 1 = {window} "
+                f"tokens. Use a smaller model.block_size, or more data "
+                f"(or a larger shards.val_fraction for the val split)."
+            )
+        # first global window index of each shard
+        self._offsets = np.cumsum([0, *starts_per_shard])
+        self._arrays: list[np.ndarray] | None = None  # opened lazily (after a fork, per process)
+
+    def _open(self) -> list[np.ndarray]:
+        if self._arrays is None:
+            self._arrays = [load_tokens(p) for p in self.paths]
+        return self._arrays
+
+    def windows(self, indices: np.ndarray) -> torch.Tensor:
+        """The windows with these global indices, as an int64 tensor (len(indices), window)."""
+        arrays = self._open()
+        shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
+        rows = [
+            arrays[s][i - self._offsets[s] : i - self._offsets[s] + self.window]
+            for s, i in zip(shard_of, indices, strict=True)
+        ]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+class RandomTrainBatches(IterableDataset):
+    """An endless stream of (x, y) batches; batch k depends only on (seed, rank, k)."""
+
+    def __init__(
+        self, windows: TokenWindows, batch_size: int, seed: int, rank: int = 0, start_batch: int = 0
+    ):
+        self.windows = windows
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.start_batch = start_batch
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, k])
+        tokens = self.windows.windows(rng.integers(0, self.windows.num_windows, self.batch_size))
+        return tokens[:, :-1], tokens[:, 1:]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        k = self.start_batch
+        while True:
+            yield self.batch(k)
+            k += 1
+
+
+class FixedValWindows(Dataset):
+    """`count` windows spread evenly over the val split (fewer if the split is smaller)."""
+
+    def __init__(self, windows: TokenWindows, count: int):
+        self.windows = windows
+        count = min(count, windows.num_windows)
+        self.indices = np.linspace(0, windows.num_windows - 1, count).round().astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.windows.windows(self.indices[i : i + 1])[0]
+        return tokens[:-1], tokens[1:]
+
+
+class TokenShardDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        shards_dir: str | Path,
+        block_size: int,
+        batch_size: int,
+        val_batches: int,
+        seed: int,
+        grad_accum_steps: int = 1,
+    ):
+        super().__init__()
+        self.shards_dir = Path(shards_dir)
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.val_batches = val_batches
+        self.seed = seed
+        self.grad_accum_steps = grad_accum_steps
+        self.train_windows: TokenWindows | None = None
+        self.val_windows: TokenWindows | None = None
+
+    def check(self) -> None:
+        """Find the shards and make sure each split holds at least one window (clear errors)."""
+        if not self.shards_dir.is_dir():
+            raise FileNotFoundError(f"token shards folder not found: {self.shards_dir}")
+        window = self.block_size + 1
+        self.train_windows = TokenWindows(split_paths(self.shards_dir, "train"), window, "train")
+        self.val_windows = TokenWindows(split_paths(self.shards_dir, "val"), window, "val")
+
+    def setup(self, stage: str) -> None:
+        if self.train_windows is None:
+            self.check()
+
+    def train_dataloader(self) -> DataLoader:
+        # Resume: continue the batch sequence where the restored optimizer step left it.
+        step = self.trainer.global_step if self.trainer is not None else 0
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        stream = RandomTrainBatches(
+            self.train_windows,
+            self.batch_size,
+            self.seed,
+            rank=rank,
+            start_batch=step * self.grad_accum_steps,
+        )
+        # the stream yields whole batches; own generator: see _loader_generator
+        return DataLoader(stream, batch_size=None, generator=self._loader_generator())
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = FixedValWindows(self.val_windows, self.val_batches * self.batch_size)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, generator=self._loader_generator()
+        )
+
+    def _loader_generator(self) -> torch.Generator:
+        # Each DataLoader iterator draws a base seed from its generator, by default the global
+        # torch RNG, which dropout also draws from. A resumed run creates its iterators at other
+        # moments than the original, so with the global RNG dropout masks would differ after a
+        # resume; a private generator keeps the global stream for the model alone.
+        return torch.Generator().manual_seed(self.seed)

@@ -1,0 +1,72 @@
+"""The resolved training request: everything the training process needs, as one JSON file.
+
+In: the model and train sections of the pipeline config plus the paths and ids the orchestrator
+resolved (token shards, output folder, tokenizer, MLflow run).
+Out: `TrainRequest`, written with `to_json(path)` and read back with `from_json(path)` by
+`python -m pipeline.train REQUEST.json`. This module imports no torch or Lightning, so the
+orchestrator can build a request cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ModelConfig, TrainConfig
+
+
+@dataclass
+class TrainRequest:
+    model: dict[str, Any]  # ModelConfig fields
+    train: dict[str, Any]  # TrainConfig fields
+    vocab_size: int
+    eot_id: int
+    shards_dir: str  # folder with train-*.bin and val-*.bin token shards
+    out_dir: str  # checkpoints/, final/, train_metrics.json, loss_curve.png
+    tokenizer_path: str | None = None  # copied into final/ when given
+    mlflow_tracking_uri: str | None = None  # None: no MLflow logging
+    mlflow_run_id: str | None = None  # an existing run to log into; None: a new run
+    mlflow_experiment: str = "llmpipe"  # used only when a new run is created
+    bytes_per_token_val: float | None = None  # for val bits per byte
+
+    @classmethod
+    def from_configs(cls, model: ModelConfig, train: TrainConfig, **kwargs: Any) -> TrainRequest:
+        return cls(
+            model=model.model_dump(mode="json"), train=train.model_dump(mode="json"), **kwargs
+        )
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.model_validate(self.model)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.model_validate(self.train)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the request atomically (tmp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainRequest:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown keys in train request: {', '.join(unknown)}")
+        return cls(**raw)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainRequest:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"train request not found: {path}")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
