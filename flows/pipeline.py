@@ -26,7 +26,7 @@ from prefect.runtime import flow_run, task_run
 from pipeline.config import PipelineConfig, load_config
 from pipeline.dag import PlannedStage, plan, run_stage, select
 from pipeline.reports import stage_markdown, stage_metrics
-from pipeline.tracking.runs import Tracker, resolve_tracking_uri
+from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 
 # Training resumes from its last checkpoint and registry writes can meet a locked SQLite
 # database: both are worth a retry. Data stages fail for reasons a retry does not change.
@@ -74,6 +74,17 @@ def _log_stage_files(tracker: Tracker, run_id: str, folder: Path) -> None:
                 tracker.log_artifact(run_id, path, "output")
 
 
+def _log_stage_tables(tracker: Tracker, run_id: str, manifest: dict[str, Any]) -> None:
+    """Rejection reasons and generations as MLflow tables, viewable in the run's artifacts."""
+    counts = manifest.get("counts") or {}
+    for key in ("quarantined_by_reason", "rejected_by_rule"):
+        if counts.get(key):
+            rows = [{"reason": k, "documents": v} for k, v in counts[key].items()]
+            tracker.log_table(run_id, rows, f"{key}.json")
+    if manifest.get("generations"):
+        tracker.log_table(run_id, manifest["generations"], "generations.json")
+
+
 def _run_planned(
     planned: PlannedStage,
     config: PipelineConfig,
@@ -113,7 +124,9 @@ def _run_planned(
     tracker.set_tags(run_id, tags)
     tracker.log_metrics(run_id, stage_metrics(manifest))
     _log_stage_files(tracker, run_id, planned.output.path)
+    _log_stage_tables(tracker, run_id, manifest)
     markdown = stage_markdown(planned.name, {**manifest, "reused": cached})
+    markdown += f"\n\nMLflow run `{run_id}` (parent `{parent_id}`)."
     tracker.log_text(run_id, markdown, "summary.md")
     create_markdown_artifact(
         markdown=markdown, key=f"llmpipe-{planned.name}", description=planned.name
@@ -153,7 +166,7 @@ def pipeline_flow(
             "llmpipe.workdir": str(work),
         },
     )
-    logger.info("MLflow run %s in %s", parent_id, tracking_uri.split("@")[-1])
+    logger.info("MLflow run %s in %s", parent_id, redact(tracking_uri))
     tracker.log_params(parent_id, config.model_dump(mode="json", exclude={"tracking"}))
     tracker.log_dict(parent_id, config.model_dump(mode="json", exclude={"tracking"}), "config.json")
     results: dict[str, Any] = {}
@@ -179,6 +192,12 @@ def pipeline_flow(
         for name, r in results.items()
     ]
     create_table_artifact(table=rows, key="llmpipe-stages", description="stages of this run")
+    create_markdown_artifact(
+        key="llmpipe-mlflow",
+        markdown=f"MLflow run `{parent_id}` in experiment `{config.tracking.experiment}` "
+        f"(id {tracker.experiment_id}), tracking URI `{redact(tracking_uri)}`.",
+        description="where this run is tracked",
+    )
     for name in ("evaluate", "register"):
         if name in results:
             tracker.log_metrics(parent_id, stage_metrics(results[name]))

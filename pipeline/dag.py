@@ -126,7 +126,12 @@ def launch_training(request_path: Path, log: Log) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail: list[str] = []
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -137,6 +142,16 @@ def launch_training(request_path: Path, log: Log) -> None:
         raise RuntimeError(
             f"training process exited with code {proc.returncode}; last lines:\n" + "\n".join(tail)
         )
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the launching process dies, so a killed pipeline run
+    leaves no orphan trainer writing checkpoints beside the next run's trainer."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:

@@ -51,9 +51,8 @@ class GPTTextGenerator(mlflow.pyfunc.PythonModel):
 
         self.net, self.tokenizer = load_generator(context.artifacts["model_dir"])
 
-    def predict(
-        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
-    ) -> list[str]:
+    # No type hints: MLflow would try to derive a schema from them; SIGNATURE gives it.
+    def predict(self, context, model_input, params=None):
         from pipeline.generate import generate_texts
 
         settings = {**GENERATION_PARAMS, **(params or {})}
