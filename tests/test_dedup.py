@@ -9,17 +9,16 @@ import json
 from pathlib import Path
 
 import pytest
-from pydantic import TypeAdapter
 
 from pipeline.clean import run_clean
-from pipeline.config import CleanConfig, DedupConfig, SourceConfig
+from pipeline.config import CleanConfig, DedupConfig, load_config
 from pipeline.dedup import dedup_key, read_duplicates, run_dedup, text_digest
 from pipeline.documents import document_id, iter_documents, make_document, write_documents
 from pipeline.ingest import run_ingest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
-SHARED = Path("/work/shared/data")
+SHARED = REPO.parent / "shared" / "data"
 
 
 def squad_contexts(n: int) -> list[str]:
@@ -97,37 +96,8 @@ def test_no_duplicates_and_empty_input(tmp_path):
 
 
 def test_sample_counts_add_up_through_ingest_clean_dedup(tmp_path):
-    adapter = TypeAdapter(SourceConfig)
-    raw_sources = [
-        {
-            "type": "jsonl",
-            "name": "wikitext2",
-            "path": "data/sample/wikitext2_test_articles.jsonl.gz",
-            "fields": {"id": "id", "title": "title"},
-        },
-        {
-            "type": "text",
-            "name": "botchan",
-            "path": "data/sample/botchan.txt",
-            "split": "paragraphs",
-        },
-        {
-            "type": "csv",
-            "name": "squad",
-            "path": "data/sample/squad_contexts.csv",
-            "text_field": "context",
-            "fields": {"id": "id", "title": "title"},
-        },
-        {
-            "type": "jsonl",
-            "name": "ftfy",
-            "path": "data/sample/ftfy_text_snippets.jsonl",
-            "fields": {"title": "label"},
-        },
-    ]
-    ingested = run_ingest(
-        [adapter.validate_python(s) for s in raw_sources], str(REPO), tmp_path / "ingest", 400
-    )
+    config = load_config(REPO / "configs" / "quickstart.yaml")
+    ingested = run_ingest(config.sources, config.base_dir, tmp_path / "ingest", 400)
     cleaned = run_clean(tmp_path / "ingest", tmp_path / "clean", CleanConfig())
     deduped = run_dedup(tmp_path / "clean", tmp_path / "dedup", DedupConfig())
 
@@ -145,7 +115,7 @@ def test_sample_counts_add_up_through_ingest_clean_dedup(tmp_path):
     assert sorted(d["text"] for d in squad_kept) == sorted(squad_contexts(1000))
 
 
-@pytest.mark.skipif(not (SHARED / "news").is_dir(), reason="/work/shared/data is not here")
+@pytest.mark.skipif(not (SHARED / "news").is_dir(), reason="../shared/data is not here")
 def test_bbc_news_duplicate_bodies(tmp_path):
     path = SHARED / "news" / "bbc_news_fulltext_shared.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:

@@ -22,7 +22,7 @@ from pipeline.quarantine import read_quarantine
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
-SHARED = Path("/work/shared/data")
+SHARED = REPO.parent / "shared" / "data"
 
 SAMPLE_SOURCES = [
     {
@@ -346,7 +346,7 @@ def test_input_fingerprint_follows_config_and_contents(tmp_path):
 # ------------------------------------------------------------------------------ shared data
 
 
-@pytest.mark.skipif(not (SHARED / "news").is_dir(), reason="/work/shared/data is not here")
+@pytest.mark.skipif(not (SHARED / "news").is_dir(), reason="../shared/data is not here")
 def test_shared_news_sources(tmp_path):
     raw = [
         {

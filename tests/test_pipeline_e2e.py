@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -18,6 +20,7 @@ from mlflow import MlflowClient
 from flows.cli import main as cli_main
 from flows.pipeline import pipeline_flow
 from pipeline.dag import STAGE_NAMES
+from pipeline.generate import resolve_model_dir
 from pipeline.outputs import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,9 +108,12 @@ def test_registry_has_a_champion_that_generates(runs, capsys):
     newest = str(max(int(v) for v in bpb))
     assert str(client.get_model_version_by_alias("e2e-gpt", "challenger").version) == newest
 
-    capsys.readouterr()
-    code = cli_main(
+    # A fresh process, as a user runs it: nothing set up by the flow in this one.
+    proc = subprocess.run(
         [
+            sys.executable,
+            "-m",
+            "flows.cli",
             "generate",
             "models:/e2e-gpt@champion",
             "The history of",
@@ -117,12 +123,22 @@ def test_registry_has_a_champion_that_generates(runs, capsys):
             "1",
             "--workdir",
             str(workdir),
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
-    out = capsys.readouterr().out
-    assert (
-        code == 0 and out.startswith("The history of") and len(out.strip()) > len("The history of")
-    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("The history of")
+    assert len(proc.stdout.strip()) > len("The history of")
+
+    # Every way to name a model reaches the same weights.
+    by_version = resolve_model_dir("models:/e2e-gpt/1", uri)
+    logged = client.get_model_version("e2e-gpt", "1").source  # models:/m-<id>
+    assert resolve_model_dir(logged, uri) == by_version
+    assert (by_version / "model.safetensors").is_file() and (
+        by_version / "tokenizer.json"
+    ).is_file()
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/e2e-gpt@champion")

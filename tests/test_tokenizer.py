@@ -15,7 +15,7 @@ from pipeline.tokenizer import load_tokenizer, load_tokens, split_paths, train_t
 from pipeline.tokenizer.encode import write_token_shards
 from pipeline.tokenizer.token_shards import read_header
 
-BOTCHAN = Path("/work/shared/data/lm/botchan.txt")
+BOTCHAN = Path(__file__).resolve().parents[1] / "data" / "sample" / "botchan.txt"
 
 # Written for this test, so one test path needs no shared data at all.
 INLINE_PARAGRAPHS = [

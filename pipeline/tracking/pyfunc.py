@@ -8,6 +8,7 @@ nothing.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow.pyfunc
@@ -45,13 +46,17 @@ def _prompts(model_input: Any) -> list[str]:
     ]
 
 
+# MLflow's type-hint signatures cannot carry generation params, so predict() has no hints and
+# SIGNATURE says what it takes; MLflow warns about missing hints when the class is defined.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+
+
 class GPTTextGenerator(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from pipeline.generate import load_generator
 
         self.net, self.tokenizer = load_generator(context.artifacts["model_dir"])
 
-    # No type hints: MLflow would try to derive a schema from them; SIGNATURE gives it.
     def predict(self, context, model_input, params=None):
         from pipeline.generate import generate_texts
 

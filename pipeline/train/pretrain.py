@@ -15,8 +15,6 @@ same command, rerun after a crash or a kill, continues to max_steps.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sys
 import time
@@ -31,6 +29,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.model.checkpoint import save_model
 from pipeline.model.gpt import GPTConfig
+from pipeline.outputs import write_json_atomic
 from pipeline.train.checkpoints import (
     TRAINER_STATE_FILE,
     StepCheckpoint,
@@ -83,12 +82,6 @@ def _write_final(lit: LitGPT, request: TrainRequest, out_dir: Path) -> Path:
         shutil.rmtree(final)
     tmp.rename(final)
     return final
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_training(request: TrainRequest) -> dict[str, Any]:
@@ -211,7 +204,7 @@ def run_training(request: TrainRequest) -> dict[str, Any]:
         plot_loss_curve(
             lit.history, out_dir / LOSS_CURVE_FILE, title=f"{metrics['num_params'] / 1e6:.2f}M GPT"
         )
-        _write_json(out_dir / METRICS_FILE, metrics)
+        write_json_atomic(out_dir / METRICS_FILE, metrics)
         summary = [f"done: {steps} steps", f"{metrics['tokens_seen']:,} tokens"]
         for name in ("train_loss", "val_loss", "val_bpb"):
             if metrics[name] is not None:

@@ -10,12 +10,12 @@ orchestrator can build a request cheaply.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import ModelConfig, TrainConfig
+from pipeline.outputs import write_json_atomic
 
 
 @dataclass
@@ -51,9 +51,7 @@ class TrainRequest:
         """Write the request atomically (tmp file + rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
         return path
 
     @classmethod
