@@ -25,6 +25,7 @@ from prefect.runtime import flow_run, task_run
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.dag import PlannedStage, plan, run_stage, select
+from pipeline.parallel import make_executor
 from pipeline.reports import stage_markdown, stage_metrics
 from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 
@@ -62,7 +63,10 @@ def stage_task(
     Tracker(tracking_uri, parsed.tracking.experiment).set_tags(
         mlflow_run_id, {"prefect.task_run_id": str(task_run.id)}
     )
-    manifest = run_stage(planned, parsed, tracking_uri, mlflow_run_id, log=logger.info)
+    executor = make_executor(parsed.execution.workers)
+    manifest = run_stage(
+        planned, parsed, tracking_uri, mlflow_run_id, log=logger.info, executor=executor
+    )
     return {**manifest, "mlflow_run_id": manifest.get("mlflow_run_id", mlflow_run_id)}
 
 

@@ -186,6 +186,14 @@ class RegisterConfig(Section):
     mode: Literal["min", "max"] = "min"
 
 
+class ExecutionConfig(Section):
+    """Where the data stages' units of work run; none of it changes their output."""
+
+    workers: int = operational(1, ge=1, description="worker processes for data stages")
+    runner: Literal["local", "dask"] = operational("local")
+    dask_address: str | None = operational(None, description="an existing Dask scheduler")
+
+
 class TrackingConfig(Section):
     experiment: str = operational("llmpipe")
     mlflow_tracking_uri: str | None = operational(
@@ -210,6 +218,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register: RegisterConfig = Field(default_factory=RegisterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     workdir: str = operational("work", description="where stage outputs live")
     base_dir: str = operational(".", description="relative source paths resolve from here")
 

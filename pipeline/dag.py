@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.config import PipelineConfig, fingerprint_fields
 from pipeline.outputs import StageOutput, building, fingerprint, publish
+from pipeline.parallel import Executor, SerialExecutor
 
 Log = Callable[[str], None]
 
@@ -35,6 +36,7 @@ class StageContext:
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None  # this stage's MLflow run, for stages that log themselves
     log: Log = print
+    executor: Executor = field(default_factory=SerialExecutor)  # runs a stage's units of work
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,7 @@ def run_stage(
     tracking_uri: str | None = None,
     mlflow_run_id: str | None = None,
     log: Log = print,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run one stage (or reuse its complete output); return its manifest."""
     output = planned.output
@@ -297,6 +300,7 @@ def run_stage(
             tracking_uri=tracking_uri,
             mlflow_run_id=mlflow_run_id,
             log=log,
+            executor=executor or SerialExecutor(),
         )
         body = planned.stage.run(ctx)
         manifest = {
