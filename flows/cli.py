@@ -1,9 +1,13 @@
 """`llmpipe`: the command line.
 
   llmpipe run CONFIG [--workdir DIR] [--set section.key=value ...] [--only a,b | --from STAGE]
+  llmpipe serve CONFIG [--cron "0 3 * * *"] [--timezone TZ] [--name NAME] [--run-once]
   llmpipe generate MODEL "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--seed S]
-  llmpipe models list [--name NAME]
-  llmpipe models promote NAME VERSION
+  llmpipe eval MODEL [--config CONFIG] [--tasks a,b] [--limit N] [--out DIR] [--record]
+  llmpipe export MODEL OUT_DIR
+  llmpipe import HF_DIR OUT_DIR
+  llmpipe models list [--name NAME] [--metrics]
+  llmpipe models promote NAME VERSION [--reason TEXT]
 
 MODEL is a checkpoint folder or an MLflow model URI such as `models:/llmpipe-gpt@champion`.
 Without `--tracking-uri`, MLflow is `$MLFLOW_TRACKING_URI` or the SQLite store in the work dir.
@@ -23,6 +27,8 @@ for _key, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    # MLflow prints run URLs (with any credentials in the tracking URI); the summary has them.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -34,6 +40,9 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from flows.ui import mlflow_run_url, prefect_flow_run_url
+    from pipeline.tracking.runs import redact
+
     stages = summary["stages"]
     states = ", ".join(f"{n} {'cached' if r['cached'] else 'ran'}" for n, r in stages.items())
     uri = summary["tracking_uri"]
@@ -41,7 +50,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"Pipeline finished in {summary['seconds']:.1f} s ({states})")
     print(f"  work dir:     {summary['workdir']}")
     print(
-        f"  MLflow run:   {summary['mlflow_run_id']} (experiment {summary['experiment_id']}, {uri})"
+        f"  MLflow run:   {summary['mlflow_run_id']} (experiment {summary['experiment_id']}, "
+        f"{redact(uri)})"
     )
     print(f"  Prefect run:  {summary['prefect_flow_run_id']}")
     registered = (stages.get("register") or {}).get("registered")
@@ -65,6 +75,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_ppl", "val_bpb") if k in metrics
             )
         )
+        for row in evaluation.get("eval_table", []):
+            if row["task"] in ("model", "val", "generations") or row["metric"] in (
+                "tokens",
+                "bytes",
+            ):
+                continue
+            value = f"{row['value']:.4g}" if row["value"] is not None else row["note"]
+            stderr = f" ± {row['stderr']:.3f}" if row["stderr"] is not None else ""
+            print(f"    {row['task']} {row['metric']}: {value}{stderr}")
         print("  samples:")
         for row in evaluation.get("generations", [])[:3]:
             print(f"    - {row['text'][:160]!r}")
@@ -79,8 +98,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(
             f"    then http://127.0.0.1:5000/#/experiments/{summary['experiment_id']}/runs/{summary['mlflow_run_id']}"
         )
-    print("  prefect server start")
-    print(f"    then http://127.0.0.1:4200/runs/flow-run/{summary['prefect_flow_run_id']}")
+    mlflow_url = mlflow_run_url(uri, summary["experiment_id"], summary["mlflow_run_id"])
+    if mlflow_url:
+        print(f"  MLflow:  {mlflow_url}")
+    prefect_url = prefect_flow_run_url(summary["prefect_flow_run_id"])
+    if prefect_url:
+        print(f"  Prefect: {prefect_url}")
+    else:
+        print("  prefect server start")
+        print(f"    then http://127.0.0.1:4200/runs/flow-run/{summary['prefect_flow_run_id']}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -106,6 +132,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deploy import pipeline_deployment, serve_pipeline
+    from pipeline.config import ConfigError
+
+    try:
+        deployment = pipeline_deployment(
+            args.config,
+            cron=args.cron or None,
+            timezone=args.timezone,
+            name=args.name,
+            workdir=args.workdir,
+            overrides=args.set or [],
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serve_pipeline(deployment, run_once=args.run_once)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipeline.generate import generate_texts, load_generator
 
@@ -125,41 +171,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from pipeline.tracking.registry import list_versions, promote
-
-    uri = _tracking_uri(args)
-    if args.models_command == "promote":
-        promote(uri, args.name, args.version)
-        print(f"{args.name} version {args.version} is now @champion")
-        return 0
-    rows = list_versions(uri, args.name)
-    if not rows:
-        print(f"no registered models in {uri}")
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    columns = list(dict.fromkeys(k for row in rows for k in row if k not in ("run_id", "created")))
-    table = Table(title=f"Model registry ({uri})")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*[_cell(row.get(c)) for c in columns])
-    Console(width=200).print(table)
-    return 0
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return str(value) if number.is_integer() else f"{number:.4f}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmpipe", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+    serve = sub.add_parser(
+        "serve", help="serve the pipeline as a scheduled deployment (needs a Prefect server)"
+    )
+    serve.add_argument("config")
+    serve.add_argument(
+        "--cron", default="0 3 * * *", help='schedule (default "0 3 * * *"; "" for none)'
+    )
+    serve.add_argument("--timezone", default="UTC", help="time zone of the schedule")
+    serve.add_argument("--name", help="deployment name (default: the config's name)")
+    serve.add_argument("--workdir", help="where stage outputs live (default: the config's workdir)")
+    serve.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value"
+    )
+    serve.add_argument(
+        "--run-once", action="store_true", help="run what is due now, then exit (for cron jobs)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tracking-uri", help="MLflow tracking URI")
     common.add_argument("--workdir", help="work dir whose mlflow.db to use (default: ./work)")
@@ -190,15 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.set_defaults(func=cmd_generate)
 
-    models = sub.add_parser("models", help="the model registry")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    lst = models_sub.add_parser("list", parents=[common], help="registered versions as a table")
-    lst.add_argument("--name")
-    lst.set_defaults(func=cmd_models)
-    pro = models_sub.add_parser("promote", parents=[common], help="set @champion to a version")
-    pro.add_argument("name")
-    pro.add_argument("version")
-    pro.set_defaults(func=cmd_models)
+    from flows.model_commands import add_model_commands
+
+    add_model_commands(sub, common, _tracking_uri)
     return parser
 
 

@@ -14,6 +14,8 @@ Run it with `llmpipe run CONFIG` or `python -m flows.pipeline CONFIG`.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,20 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
+from flows.execution import close_task_runner, open_task_runner, run_on, stage_executor
+from flows.ui import (
+    TrainingProgress,
+    describe_model_version,
+    flow_run_name,
+    link,
+    log_run_plots,
+    mlflow_run_url,
+    prefect_flow_run_url,
+    run_summary_markdown,
+)
+from pipeline import incremental
 from pipeline.config import PipelineConfig, load_config
 from pipeline.dag import PlannedStage, plan, run_stage, select
-from pipeline.parallel import make_executor
 from pipeline.reports import stage_markdown, stage_metrics
 from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 
@@ -33,6 +46,10 @@ from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 # database: both are worth a retry. Data stages fail for reasons a retry does not change.
 RETRIES = {"pretrain": 1, "register": 2}
 SMALL_ARTIFACT_BYTES = 5 * 1024 * 1024
+# MLflow prints each run's URL (credentials of the tracking URI included) to stdout, which a
+# worker keeps in its log; the flow's own artifacts and summary carry clean links instead.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".txt", ".csv", ".yaml", ".yml")
 
 
 def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -63,18 +80,28 @@ def stage_task(
     Tracker(tracking_uri, parsed.tracking.experiment).set_tags(
         mlflow_run_id, {"prefect.task_run_id": str(task_run.id)}
     )
-    executor = make_executor(parsed.execution.workers)
-    manifest = run_stage(
-        planned, parsed, tracking_uri, mlflow_run_id, log=logger.info, executor=executor
-    )
+    progress = TrainingProgress(stage, logger.info)  # `step N/M` lines -> a progress bar
+    with stage_executor(parsed.execution) as executor:  # local processes or Dask workers
+        manifest = run_stage(
+            planned, parsed, tracking_uri, mlflow_run_id, log=progress, executor=executor
+        )
+    progress.finish()
     return {**manifest, "mlflow_run_id": manifest.get("mlflow_run_id", mlflow_run_id)}
 
 
 def _log_stage_files(tracker: Tracker, run_id: str, folder: Path) -> None:
-    """Log the small files of a stage output (manifest, quarantine, curves, tables)."""
+    """Log the small files of a stage output (manifest, quarantine, curves, tables).
+
+    Text files go through `redact`: a request file may hold a tracking URI with credentials.
+    """
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix not in (".parquet", ".bin"):
             if path.stat().st_size <= SMALL_ARTIFACT_BYTES:
+                if path.suffix in TEXT_SUFFIXES:
+                    text = path.read_text(encoding="utf-8", errors="replace")
+                    if redact(text) != text:
+                        tracker.log_text(run_id, redact(text), f"output/{path.name}")
+                        continue
                 tracker.log_artifact(run_id, path, "output")
 
 
@@ -87,6 +114,19 @@ def _log_stage_tables(tracker: Tracker, run_id: str, manifest: dict[str, Any]) -
             tracker.log_table(run_id, rows, f"{key}.json")
     if manifest.get("generations"):
         tracker.log_table(run_id, manifest["generations"], "generations.json")
+    if manifest.get("rules"):  # clean: each rule, its threshold, what it removed
+        tracker.log_table(run_id, manifest["rules"], "rules.json")
+    rejected = [
+        {"rule": rule, **example}
+        for rule, examples in (manifest.get("examples_rejected") or {}).items()
+        for example in examples
+    ]
+    if rejected:
+        tracker.log_table(run_id, rejected, "rejected_examples.json")
+    if (manifest.get("near_duplicates") or {}).get("examples"):
+        tracker.log_table(run_id, manifest["near_duplicates"]["examples"], "near_duplicates.json")
+    if manifest.get("eval_table"):
+        tracker.log_table(run_id, manifest["eval_table"], "eval_table.json")
 
 
 def _run_planned(
@@ -94,6 +134,7 @@ def _run_planned(
     config: PipelineConfig,
     tracker: Tracker,
     parent_id: str,
+    task_runner: Any | None = None,
 ) -> dict[str, Any]:
     run_id = tracker.start_run(
         planned.name,
@@ -106,17 +147,18 @@ def _run_planned(
     )
     tracker.log_params(run_id, planned.config)
     complete = planned.output.complete()
-    state = stage_task.with_options(
+    task = stage_task.with_options(
         refresh_cache=not complete, retries=RETRIES.get(planned.name, 0), retry_delay_seconds=5
-    )(
+    )
+    parameters = dict(
         stage=planned.name,
         fingerprint=planned.output.fingerprint,
         workdir=str(planned.output.workdir),
         config=config.model_dump(mode="json"),
         tracking_uri=tracker.tracking_uri,
         mlflow_run_id=run_id,
-        return_state=True,
     )
+    state = run_on(task_runner, planned.name, task, parameters)  # data stages: on Dask, if set
     if not state.is_completed():
         tracker.end_run(run_id, "FAILED")
         state.result()  # raises the stage's error
@@ -130,11 +172,19 @@ def _run_planned(
     _log_stage_files(tracker, run_id, planned.output.path)
     _log_stage_tables(tracker, run_id, manifest)
     markdown = stage_markdown(planned.name, {**manifest, "reused": cached})
-    markdown += f"\n\nMLflow run `{run_id}` (parent `{parent_id}`)."
+    uri, experiment_id = tracker.tracking_uri, tracker.experiment_id
+    markdown += (
+        f"\n\nMLflow: {link('stage run ' + run_id[:8], mlflow_run_url(uri, experiment_id, run_id))}"
+        f" (pipeline run {link(parent_id[:8], mlflow_run_url(uri, experiment_id, parent_id))})."
+    )
     tracker.log_text(run_id, markdown, "summary.md")
     create_markdown_artifact(
         markdown=markdown, key=f"llmpipe-{planned.name}", description=planned.name
     )
+    if manifest.get("eval_table"):
+        create_table_artifact(
+            table=manifest["eval_table"], key="llmpipe-eval-table", description="evaluation"
+        )
     tracker.end_run(run_id)
     return {
         **manifest,
@@ -144,7 +194,7 @@ def _run_planned(
     }
 
 
-@flow(name="llmpipe", log_prints=True)
+@flow(name="llmpipe", log_prints=True, flow_run_name=flow_run_name)
 def pipeline_flow(
     config_path: str,
     workdir: str | None = None,
@@ -160,32 +210,46 @@ def pipeline_flow(
     work.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(config.tracking.mlflow_tracking_uri, work)
     tracker = Tracker(tracking_uri, config.tracking.experiment, artifact_root=work / "mlartifacts")
+    # An incremental run builds on the earlier ones: what they saw, their tokenizer, @champion.
+    config = incremental.resolve(config, work, tracking_uri)
     stages = select(plan(config, work, tracking_uri), only, start)
+    prefect_url = prefect_flow_run_url(str(flow_run.id))
     parent_id = tracker.start_run(
-        f"{config.name}-{flow_run.name}",
+        str(flow_run.name),  # config name, mode and date (flows.ui.flow_run_name)
         tags={
             "prefect.flow_run_id": str(flow_run.id),
             "prefect.flow_run_name": str(flow_run.name),
             "llmpipe.config": str(Path(config_path).resolve()),
             "llmpipe.workdir": str(work),
+            **({"prefect.flow_run_url": prefect_url} if prefect_url else {}),
+            # The run page's description (markdown): where to follow it in Prefect.
+            "mlflow.note.content": f"Pipeline `{config.name}`, Prefect flow run "
+            f"{link(str(flow_run.name), prefect_url)}.",
         },
     )
     logger.info("MLflow run %s in %s", parent_id, redact(tracking_uri))
     tracker.log_params(parent_id, config.model_dump(mode="json", exclude={"tracking"}))
     tracker.log_dict(parent_id, config.model_dump(mode="json", exclude={"tracking"}), "config.json")
     results: dict[str, Any] = {}
+    task_runner = open_task_runner(config.execution)  # a DaskTaskRunner, or None
     try:
         for planned in stages:
-            results[planned.name] = _run_planned(planned, config, tracker, parent_id)
+            results[planned.name] = _run_planned(planned, config, tracker, parent_id, task_runner)
             logger.info(
                 "%s: %s (%s)",
                 planned.name,
                 "cached" if results[planned.name]["cached"] else "done",
                 planned.output.path,
             )
+            if incremental.nothing_new(config, planned.name, results[planned.name]):
+                logger.info("%s: no new documents since the last increment; done", planned.name)
+                break
     except BaseException:
         tracker.end_run(parent_id, "FAILED")
         raise
+    finally:
+        close_task_runner(task_runner)
+    incremental.record(config, work, results)
     rows = [
         {
             "stage": name,
@@ -198,10 +262,21 @@ def pipeline_flow(
     create_table_artifact(table=rows, key="llmpipe-stages", description="stages of this run")
     create_markdown_artifact(
         key="llmpipe-mlflow",
-        markdown=f"MLflow run `{parent_id}` in experiment `{config.tracking.experiment}` "
-        f"(id {tracker.experiment_id}), tracking URI `{redact(tracking_uri)}`.",
+        markdown=run_summary_markdown(
+            config.name,
+            config.tracking.experiment,
+            tracker.experiment_id,
+            tracking_uri,
+            parent_id,
+            results,
+        ),
         description="where this run is tracked",
     )
+    registered = (results.get("register") or {}).get("registered")
+    if registered and not results["register"]["cached"]:
+        describe_model_version(tracker, registered, config.register.mode)
+    with tempfile.TemporaryDirectory() as scratch:
+        log_run_plots(tracker, parent_id, results, Path(scratch))
     for name in ("evaluate", "register"):
         if name in results:
             tracker.log_metrics(parent_id, stage_metrics(results[name]))

@@ -10,6 +10,9 @@ output, so they are left out of the stage fingerprints (see `fingerprint_fields`
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -81,38 +84,232 @@ class TextSource(_RecordSource):
     )
 
 
+class HfSource(_RecordSource):
+    """A Hugging Face `datasets` source: a hub name (needs network), a folder written by
+    `Dataset.save_to_disk`, or local data files (parquet, json/jsonl, csv, arrow; a glob)."""
+
+    type: Literal["hf"]
+    subset: str | None = Field(None, description="the dataset's configuration name, on the hub")
+    split: str = "train"
+    revision: str | None = Field(None, description="a hub branch, tag or commit")
+
+
+class _PageSource(Section):
+    path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
+    name: str | None = Field(None, description="label for counts; defaults to type:path")
+
+
+class WarcSource(_PageSource):
+    """WARC / WARC.gz (and ARC) files; also fsspec URLs. Only `response` records with an
+    HTML content type become documents, with the record's URL and date."""
+
+    type: Literal["warc"]
+
+
+class HtmlSource(_PageSource):
+    """Saved HTML pages, one page per file (.html, .htm, .xhtml, optionally .gz)."""
+
+    type: Literal["html"]
+    urls: str | None = Field(
+        None,
+        description="a JSONL or CSV file with `file` (relative to the source folder) and `url`",
+    )
+
+
+class FeedSource(_PageSource):
+    """RSS / Atom / RDF / JSON Feed files: one document per item."""
+
+    type: Literal["feed"]
+    pages: str | None = Field(
+        None,
+        description="HTML files or WARC files where the page an item links to is looked up "
+        "when the item carries only a summary",
+    )
+
+
 SourceConfig = Annotated[
-    JsonlSource | CsvSource | ParquetSource | TextSource, Field(discriminator="type")
+    JsonlSource
+    | CsvSource
+    | ParquetSource
+    | TextSource
+    | HfSource
+    | WarcSource
+    | HtmlSource
+    | FeedSource,
+    Field(discriminator="type"),
 ]
 
 # ------------------------------------------------------------------------------------ stages
 
 
+class ExtractionConfig(Section):
+    """Main text from HTML (WARC, html and feed sources)."""
+
+    extractor: Literal["fast-with-fallback", "trafilatura", "resiliparse"] = Field(
+        "fast-with-fallback",
+        description="fast-with-fallback: resiliparse, and trafilatura for a page whose fast "
+        "result looks wrong (too few words or mostly short lines)",
+    )
+    favor_precision: bool = Field(True, description="trafilatura: leave out doubtful text")
+    timeout_seconds: float = Field(5.0, gt=0, description="per page; a slower page is refused")
+    max_page_bytes: int = Field(10_000_000, gt=0, description="a larger page is refused")
+    fallback_min_words: int = Field(50, ge=0)
+    fallback_short_line_fraction: float = Field(
+        0.4, ge=0, le=1, description="share of lines of 4 words or fewer"
+    )
+
+
+class LangIdConfig(Section):
+    """Language identification of each document (fills `lang`; the score goes in meta)."""
+
+    method: Literal["py3langid", "fasttext", "lingua", "none"] = Field(
+        "py3langid",
+        description="py3langid: 97 languages, ~0.3 ms a document; fasttext: lid.176 "
+        "(compressed), 176 languages, ~0.15 ms; lingua: most accurate on short texts, 5-30x "
+        "slower (see bench/results/ingest_langid.md)",
+    )
+    accuracy: Literal["low", "high"] = Field(
+        "low", description="lingua only: low = trigrams only, ~0.1 GB for 75 languages"
+    )
+    languages: list[str] | None = Field(
+        None, description="lingua only: ISO 639-1 codes to choose from; None: all it knows"
+    )
+    max_chars: int = Field(500, gt=0, description="how much of a document is looked at")
+
+
 class IngestConfig(Section):
     max_docs_per_shard: int = Field(10_000, gt=0)
+    extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    langid: LangIdConfig = Field(default_factory=LangIdConfig)
+    split_bytes: int = operational(
+        64 * 1024 * 1024, gt=0, description="uncompressed JSONL files above this are split"
+    )
 
 
 class CleanConfig(Section):
+    """Cleaning: repairs and line edits first, then every signal, then the rules decide.
+
+    Defaults are FineWeb's filter set (language, Gopher quality and repetition, C4 without its
+    terminal-punctuation line rule, FineWeb's own three rules) with the papers' thresholds. A
+    threshold set to null switches its rule off. Rules are tried in the order of this class;
+    the first one a document fails is its rejection reason.
+    """
+
+    # repairs and edits (they change the text; counts of changes go to the manifest)
+    fix_unicode: bool = Field(True, description="ftfy: mojibake, HTML entities, C1 controls")
     unicode_form: Literal["NFC", "NFKC"] = "NFC"
-    min_words: int = Field(20, ge=0)
-    max_words: int = Field(200_000, gt=0)
-    min_mean_word_length: float = Field(2.5, ge=0)
-    max_mean_word_length: float = Field(12.0, gt=0)
-    min_alpha_word_ratio: float = Field(0.7, ge=0, le=1)
-    max_symbol_word_ratio: float = Field(0.1, ge=0)
-    max_duplicate_line_fraction: float = Field(0.3, ge=0, le=1)
+    redact_pii: list[Literal["email", "ip", "phone"]] = Field(
+        default_factory=lambda: ["email", "ip", "phone"],
+        description="replace these with <EMAIL>, <IP_ADDRESS>, <PHONE_NUMBER>",
+    )
+    c4_remove_citations: bool = Field(True, description="drop [1], [edit], [citation needed]")
+    c4_min_words_per_line: int = Field(3, ge=0, description="drop shorter lines; 0: keep all")
+    c4_max_word_length: int | None = Field(1000, gt=0, description="drop lines with longer words")
+    c4_remove_javascript_lines: bool = True
+    c4_remove_policy_lines: bool = Field(True, description="cookie / terms-of-use / privacy lines")
+    c4_keep_only_terminal_punctuation_lines: bool = Field(
+        False, description="C4's rule; off as in FineWeb (it removes ~30% of tokens)"
+    )
+    # language (the `lang` column and meta lang score written by ingest; unknown passes)
+    languages: list[str] = Field(
+        default_factory=lambda: ["en"], description="keep only these languages; []: any"
+    )
+    min_language_score: float | None = Field(0.65, ge=0, le=1)
+    # Gopher quality (MassiveText, Rae et al. 2021, appendix A)
+    min_words: int | None = Field(50, ge=0)
+    max_words: int | None = Field(100_000, gt=0)
+    min_mean_word_length: float | None = Field(3.0, ge=0)
+    max_mean_word_length: float | None = Field(10.0, gt=0)
+    max_symbol_word_ratio: float | None = Field(0.1, ge=0, description="'#' or ellipses per word")
+    max_bullet_line_ratio: float | None = Field(0.9, ge=0, le=1)
+    max_ellipsis_line_ratio: float | None = Field(0.3, ge=0, le=1)
+    min_alpha_word_ratio: float | None = Field(0.8, ge=0, le=1)
+    min_stop_words: int | None = Field(
+        2, ge=0, description="of the, be, to, of, and, that, have, with; English documents only"
+    )
+    # Gopher repetition
+    max_duplicate_line_fraction: float | None = Field(0.3, ge=0, le=1)
+    max_duplicate_paragraph_fraction: float | None = Field(0.3, ge=0, le=1)
+    max_duplicate_line_char_fraction: float | None = Field(0.2, ge=0, le=1)
+    max_duplicate_paragraph_char_fraction: float | None = Field(0.2, ge=0, le=1)
+    max_top_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16},
+        description="n (2-4) -> the most frequent n-gram's share of the characters",
+    )
+    max_duplicate_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+        description="n (5-10) -> share of characters in repeated n-grams",
+    )
+    # C4 document rules (on the text left after the line edits)
+    c4_drop_lorem_ipsum: bool = True
+    c4_drop_curly_bracket: bool = True
+    c4_min_sentences: int | None = Field(5, ge=0)
+    # FineWeb's own rules (Penedo et al. 2024, section 3.6)
+    fineweb_min_line_punct_ratio: float | None = Field(0.12, ge=0, le=1)
+    fineweb_max_short_line_ratio: float | None = Field(0.67, ge=0, le=1)
+    fineweb_max_duplicate_line_char_ratio: float | None = Field(0.1, ge=0, le=1)
+    fineweb_max_newline_word_ratio: float | None = Field(0.3, ge=0)
     max_docs_per_shard: int = operational(10_000, gt=0)
+
+    @field_validator("max_top_ngram_char_fraction", "max_duplicate_ngram_char_fraction")
+    @classmethod
+    def _ngram_sizes(cls, value: dict[int, float], info: Any) -> dict[int, float]:
+        allowed = range(2, 5) if info.field_name == "max_top_ngram_char_fraction" else range(5, 11)
+        bad = sorted(set(value) - set(allowed))
+        if bad:
+            raise ValueError(f"n must be in {allowed.start}..{allowed.stop - 1}, not {bad}")
+        return dict(sorted(value.items()))
 
 
 class DedupConfig(Section):
-    method: Literal["exact"] = "exact"
+    """Exact dedup (normalized-text hash), then near-dup MinHash LSH (FineWeb's defaults:
+    word 5-grams, 14 bands x 8 rows, so pairs above ~0.75 Jaccard are caught), optionally
+    repeated lines/paragraphs across documents, optionally against an earlier corpus."""
+
+    method: Literal["exact", "minhash"] = Field(
+        "minhash", description="exact: identical normalized texts only; minhash: also near-dups"
+    )
+    ngram_size: int = Field(5, ge=1, description="words per shingle")
+    num_bands: int = Field(14, ge=1)
+    rows_per_band: int = Field(8, ge=1)
+    seed: int = Field(1, description="seed of the MinHash hash functions")
+    repeated_spans: Literal["off", "lines", "paragraphs"] = Field(
+        "off", description="also drop lines/paragraphs already seen in an earlier kept document"
+    )
+    span_min_doc_words: int = Field(
+        50, ge=0, description="a document left with fewer words after span removal is dropped"
+    )
+    previous: str | None = Field(
+        None,
+        description="an earlier dedup output folder: drop documents it already holds (incremental)",
+    )
     max_docs_per_shard: int = operational(10_000, gt=0)
+
+    @field_validator("repeated_spans", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
 
 
 class TokenizerConfig(Section):
+    """Byte-level BPE trained on the train documents, or a given tokenizer (`pretrained`)."""
+
+    type: Literal["bpe", "char"] = Field(
+        "bpe",
+        description="bpe: byte-level BPE; char: one token per character (vocab_size caps it)",
+    )
     vocab_size: int = Field(8192, ge=260, le=1_000_000)
     min_frequency: int = Field(2, ge=1)
-    special_tokens: list[str] = Field(default_factory=lambda: ["<|endoftext|>", "<|pad|>"])
+    special_tokens: list[str] = Field(
+        default_factory=lambda: ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"],
+        description="end of text (document separator, BOS/EOS), padding, fine-tuning roles",
+    )
+    pretrained: str | None = Field(
+        None,
+        description="reuse this tokenizer instead of training: a tokenizer.json, a folder with "
+        "one, or an MLflow URI (runs:/RUN/output, models:/NAME@ALIAS); vocab_size, "
+        "min_frequency and special_tokens are then the given tokenizer's",
+    )
     batch_size: int = operational(1000, gt=0)
 
     @model_validator(mode="after")
@@ -124,53 +321,221 @@ class TokenizerConfig(Section):
 
 class ShardsConfig(Section):
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    split: Literal["hash", "position"] = Field(
+        "hash",
+        description="hash: a document goes to val by a hash of its id; position: the last "
+        "val_fraction of the token stream (documents in order) is val, as nanoGPT cuts one "
+        "text file",
+    )
     tokens_per_shard: int = Field(50_000_000, gt=0)
+    encoder: Literal["auto", "tokenizers", "tiktoken"] = Field(
+        "auto",
+        description="auto: tiktoken when it expresses the tokenizer and agrees with tokenizers "
+        "on a sample of documents, else tokenizers",
+    )
     batch_size: int = operational(1000, gt=0)
+    docs_per_unit: int = operational(5000, gt=0, description="documents per unit of work")
 
 
 class ModelConfig(Section):
+    arch: Literal["gpt2", "llama"] = Field(
+        "gpt2",
+        description="gpt2: learned positions, LayerNorm, GELU, biases; "
+        "llama: RoPE, RMSNorm, SwiGLU, no biases",
+    )
     n_layer: int = Field(4, gt=0)
     n_head: int = Field(4, gt=0)
     n_embd: int = Field(128, gt=0)
     block_size: int = Field(128, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    bias: bool = True
+    bias: bool | None = Field(None, description="None: the arch's default (gpt2 yes, llama no)")
     tie_embeddings: bool = True
+    mlp_hidden: int | None = Field(
+        None, gt=0, description="MLP width; None: 4 x n_embd (gpt2), 8/3 x n_embd (llama)"
+    )
+    rope_base: float = Field(10_000.0, gt=0, description="RoPE base (llama)")
+    norm_eps: float = Field(1e-5, gt=0)
+    init: Literal["gpt2", "zero_out"] = Field(
+        "gpt2",
+        description="gpt2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer); "
+        "zero_out: those projections start at zero",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("llama (RoPE) needs an even head size: n_embd / n_head")
         return self
 
 
 class TrainConfig(Section):
     seed: int = 1337
     max_steps: int = Field(300, gt=0)
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="sequences per device per micro-batch")
     grad_accum_steps: int = Field(1, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     min_lr: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine",
+        description="after warmup: cosine to min_lr at max_steps, or warmup-stable-decay "
+        "(constant, then a decay to min_lr over the last decay_fraction of the steps)",
+    )
     warmup_steps: int = Field(30, ge=0)
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps that decay")
+    decay_shape: Literal["linear", "sqrt"] = Field(
+        "linear", description="wsd: linear decay, or 1 - sqrt (as llm.c)"
+    )
     weight_decay: float = Field(0.1, ge=0)
+    decay_embeddings: bool = Field(
+        True, description="weight decay on the embedding matrices too (nanoGPT: yes)"
+    )
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0: no clipping")
     val_every_steps: int = Field(100, gt=0)
     val_batches: int = Field(20, gt=0)
     checkpoint_every_steps: int = Field(100, gt=0)
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
+        "32-true", description="auto: bf16-mixed on a GPU that supports it, else 32-true"
+    )
     compile: bool = False
     accelerator: str = "auto"
     devices: int | str = "auto"
-    strategy: str = "auto"
+    strategy: str = Field("auto", description="auto, ddp, fsdp, or any Lightning strategy name")
     num_nodes: int = Field(1, gt=0)
+    max_bad_steps: int = operational(
+        5, gt=0, description="stop after this many non-finite steps in a row (each is skipped)"
+    )
     keep_last_checkpoints: int = operational(2, gt=0)
+    keep_best_checkpoint: bool = operational(True, description="keep best/ (lowest val_loss)")
     log_every_steps: int = operational(10, gt=0)
     progress_bar: bool = operational(True)
+    sample_prompts: list[str] = operational(
+        ["\n"],
+        description="prompts sampled at each validation, logged as an MLflow artifact",
+    )
+    sample_tokens: int = operational(64, ge=0, description="0: no samples during training")
+    peak_flops: float | None = operational(
+        None, gt=0, description="per-device peak FLOP/s for MFU; None: from the GPU's name"
+    )
+    launcher: str | None = operational(
+        None,
+        description="command that starts training, with {python} and {request}: e.g. "
+        "'torchrun --nproc-per-node=8 -m pipeline.train {request}' or "
+        "'srun {python} -u -m pipeline.train {request}'; None: {python} -u -m pipeline.train "
+        "{request}",
+    )
+
+    @model_validator(mode="after")
+    def _fsdp_needs_gpus(self) -> TrainConfig:
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ValueError("strategy fsdp needs GPUs (Lightning has no FSDP on the CPU); use ddp")
+        return self
+
+
+# -------------------------------------------------------------------------- evaluation tasks
+
+_TASK_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+
+class _EvalTask(Section):
+    name: str | None = Field(
+        None, pattern=_TASK_NAME, description="prefix of the task's metrics; defaults per type"
+    )
+
+
+class _FileEvalTask(_EvalTask):
+    path: str = Field(description="a local file; relative paths are from the config's folder")
+    missing: Literal["error", "skip"] = Field(
+        "error",
+        description="when the file is absent: a config error, or skip the task with a note",
+    )
+    limit: int | None = Field(None, gt=0, description="score only the first N examples")
+
+
+class HeldoutTask(_EvalTask):
+    """Loss, perplexity and bits per byte on the pipeline's val token shards."""
+
+    type: Literal["heldout"]
+
+
+class PerplexityTask(_FileEvalTask):
+    """Perplexity and bits per byte of text files: .txt (one document per file) or .jsonl
+    (one document per record's `text_field`), optionally gzipped; a folder or glob is fine."""
+
+    type: Literal["perplexity"]
+    text_field: str = "text"
+
+
+class WikiText2Task(_FileEvalTask):
+    """WikiText-2 raw test (`wiki.test.raw[.gz]`), scored per article as lm-eval's `wikitext`."""
+
+    type: Literal["wikitext2"]
+
+
+class HellaSwagTask(_FileEvalTask):
+    """HellaSwag jsonl (ctx or ctx_a/ctx_b, activity_label, endings, label)."""
+
+    type: Literal["hellaswag"]
+
+
+class LambadaTask(_FileEvalTask):
+    """LAMBADA, OpenAI's version (jsonl with `text`): the last word of each passage."""
+
+    type: Literal["lambada"]
+
+
+class MultipleChoiceTask(_FileEvalTask):
+    """Any multiple-choice jsonl: one record per question with a context, choices, a label."""
+
+    type: Literal["multiple_choice"]
+    context_field: str = "context"
+    choices_field: str = "choices"
+    label_field: str = Field("label", description="index of the right choice (0-based)")
+    delimiter: str = Field(" ", description="put between the context and each choice")
+
+
+class GenerationsTask(_EvalTask):
+    """Sample continuations of `evaluate.prompts`, kept as a table."""
+
+    type: Literal["generations"]
+
+
+EvalTaskConfig = Annotated[
+    HeldoutTask
+    | PerplexityTask
+    | WikiText2Task
+    | HellaSwagTask
+    | LambadaTask
+    | MultipleChoiceTask
+    | GenerationsTask,
+    Field(discriminator="type"),
+]
+DEFAULT_TASK_NAMES = {
+    "heldout": "val",
+    "perplexity": "text",
+    "wikitext2": "wikitext2",
+    "hellaswag": "hellaswag",
+    "lambada": "lambada",
+    "multiple_choice": "mc",
+    "generations": "generations",
+}
+
+
+def task_name(task: Any) -> str:
+    return task.name or DEFAULT_TASK_NAMES[task.type]
 
 
 class EvaluateConfig(Section):
+    tasks: list[EvalTaskConfig] = Field(
+        default_factory=lambda: [HeldoutTask(type="heldout"), GenerationsTask(type="generations")],
+        description="what to evaluate, in order; metrics are named <task name>_<metric>",
+    )
+    limit: int | None = Field(
+        None, gt=0, description="cap on examples for every file task (with each task's limit)"
+    )
     val_batches: int | None = Field(None, gt=0, description="None = the whole val split")
     batch_size: int = Field(16, gt=0)
     prompts: list[str] = Field(default_factory=lambda: ["The", "In 2005 ,", "He was born in"])
@@ -178,12 +543,25 @@ class EvaluateConfig(Section):
     temperature: float = Field(0.8, ge=0)
     top_k: int | None = Field(50, gt=0)
     seed: int = 1234
+    device: str = operational("auto", description="auto: cuda when available, else cpu")
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_names(cls, tasks: list[Any]) -> list[Any]:
+        names = [task_name(t) for t in tasks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
+        return tasks
 
 
 class RegisterConfig(Section):
     model_name: str = Field("llmpipe-gpt", min_length=1)
-    metric: str = "val_bpb"
-    mode: Literal["min", "max"] = "min"
+    metric: str = Field("val_bpb", description="the eval metric that decides promotion")
+    mode: Literal["min", "max"] = Field("min", description="whether lower or higher wins")
+    min_improvement: float = Field(
+        0.0, ge=0, description="how much the challenger must beat the champion by to take over"
+    )
 
 
 class ExecutionConfig(Section):
@@ -192,6 +570,32 @@ class ExecutionConfig(Section):
     workers: int = operational(1, ge=1, description="worker processes for data stages")
     runner: Literal["local", "dask"] = operational("local")
     dask_address: str | None = operational(None, description="an existing Dask scheduler")
+
+
+class RunConfig(Section):
+    """Full runs, or incremental ones (a nightly news run) that build on the earlier runs of the
+    same config in the same work dir (pipeline/incremental.py).
+
+    `mode: incremental` is all a config sets: at the start of a run the orchestrator fills the
+    other fields from the work dir's record of earlier increments (the first increment runs in
+    full). They can also be set by hand; each is fingerprinted by the stage it changes.
+    """
+
+    mode: Literal["full", "incremental"] = operational(
+        "full", description="incremental: only new documents, fixed tokenizer, from @champion"
+    )
+    seen_before: str | None = Field(
+        None, description="folder of keys (ids, URLs, text hashes) ingested before: skipped"
+    )
+    tokenizer_from: str | None = Field(
+        None, description="a tokenizer output folder to keep instead of training a new one"
+    )
+    heldout_from: str | None = Field(
+        None, description="a shards output folder whose val split evaluation keeps using"
+    )
+    init_from: str | None = Field(
+        None, description="pretraining starts from these weights (models:/NAME/VERSION or a folder)"
+    )
 
 
 class TrackingConfig(Section):
@@ -219,6 +623,7 @@ class PipelineConfig(Section):
     register: RegisterConfig = Field(default_factory=RegisterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
     workdir: str = operational("work", description="where stage outputs live")
     base_dir: str = operational(".", description="relative source paths resolve from here")
 
@@ -238,6 +643,18 @@ def fingerprint_fields(section: BaseModel) -> dict[str, Any]:
     return out
 
 
+def config_hash(config: PipelineConfig) -> str:
+    """A short hash of everything in the config that changes an output (operational fields,
+    such as worker counts and paths, left out): equal hashes, same recipe."""
+    payload: dict[str, Any] = {"sources": [s.model_dump(mode="json") for s in config.sources]}
+    for name in type(config).model_fields:
+        section = getattr(config, name)
+        if isinstance(section, BaseModel):
+            payload[name] = fingerprint_fields(section)
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _describe(error: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
     # Discriminated unions add the tag to the path (sources.0.jsonl.path): keep it readable.
@@ -246,13 +663,14 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{loc}: unknown key"
     if kind == "missing":
         return f"{loc}: required key is missing"
+    what = "task" if "tasks" in error["loc"] else "source"
     if kind == "union_tag_invalid":
         expected = error.get("ctx", {}).get("expected_tags", "")
         return (
-            f"{loc}.type: unknown source type {error['input'].get('type')!r} (expected {expected})"
+            f"{loc}.type: unknown {what} type {error['input'].get('type')!r} (expected {expected})"
         )
     if kind == "union_tag_not_found":
-        return f"{loc}: a source needs a 'type' key"
+        return f"{loc}: a {what} needs a 'type' key"
     return f"{loc}: {error['msg']} (got {error.get('input')!r})"
 
 
@@ -273,7 +691,7 @@ def validate_config(raw: dict[str, Any]) -> PipelineConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -284,6 +702,26 @@ def validate_config(raw: dict[str, Any]) -> PipelineConfig:
                     line += f" (expected one of: {', '.join(keys)})"
             lines.append("  - " + line)
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
+    missing = missing_eval_files(config)
+    if missing:
+        raise ConfigError("invalid config:\n" + "\n".join("  - " + m for m in missing))
+    return config
+
+
+def missing_eval_files(config: PipelineConfig) -> list[str]:
+    """One line per evaluation task whose file is absent and not marked `missing: skip`."""
+    lines = []
+    for number, task in enumerate(config.evaluate.tasks):
+        path = getattr(task, "path", None)
+        if path is None or task.missing == "skip":
+            continue
+        resolved = resolve_path(config, path)
+        if not glob.glob(resolved) and not Path(resolved).exists():
+            lines.append(
+                f"evaluate.tasks.{number}.path: no such file for task {task_name(task)!r}: "
+                f"{resolved} (set `missing: skip` to skip the task when the file is absent)"
+            )
+    return lines
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, fingerprint_fields
+from pipeline.config import PipelineConfig, fingerprint_fields, resolve_path
 from pipeline.outputs import StageOutput, building, fingerprint, publish
 from pipeline.parallel import Executor, SerialExecutor
 
 Log = Callable[[str], None]
+LEASE_WAIT_SECONDS = 24 * 3600  # how long a run waits for another run's stage to finish
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class Stage:
     run: Callable[[StageContext], dict[str, Any]]
     keep_partial: bool = False  # resume from a killed attempt's files (training checkpoints)
     external: Callable[[PipelineConfig, str | None], list[str]] | None = None
+    # When what a stage reads depends on the config (a tokenizer given in the config reads no
+    # documents): (config, tracking URI) -> (upstream stages read, fingerprinted config fields).
+    # Default: all of `upstream`, and the output-changing fields of `sections`.
+    depends: (
+        Callable[[PipelineConfig, str | None], tuple[tuple[str, ...], dict[str, Any]]] | None
+    ) = None
 
     def config_fields(self, config: PipelineConfig) -> dict[str, Any]:
         return {s: fingerprint_fields(getattr(config, s)) for s in self.sections}
@@ -60,7 +67,15 @@ def _ingest(ctx: StageContext) -> dict[str, Any]:
     from pipeline.ingest import run_ingest
 
     cfg = ctx.config
-    return run_ingest(cfg.sources, cfg.base_dir, ctx.out, cfg.ingest.max_docs_per_shard)
+    body = run_ingest(cfg.sources, cfg.base_dir, ctx.out, cfg.ingest, ctx.executor)
+    if cfg.run.seen_before:  # an incremental run: only documents no earlier increment took in
+        from pipeline.incremental import drop_seen
+
+        dropped = drop_seen(ctx.out, cfg.run.seen_before)
+        body["counts"]["documents"] -= sum(dropped.values())
+        body["counts"]["seen_before"] = sum(dropped.values())
+        body["counts"]["seen_before_by_source"] = dropped
+    return body
 
 
 def _ingest_inputs(config: PipelineConfig, tracking_uri: str | None) -> list[str]:
@@ -72,26 +87,37 @@ def _ingest_inputs(config: PipelineConfig, tracking_uri: str | None) -> list[str
 def _clean(ctx: StageContext) -> dict[str, Any]:
     from pipeline.clean import run_clean
 
-    return run_clean(ctx.inputs["ingest"], ctx.out, ctx.config.clean)
+    return run_clean(ctx.inputs["ingest"], ctx.out, ctx.config.clean, ctx.executor, ctx.log)
 
 
 def _dedup(ctx: StageContext) -> dict[str, Any]:
     from pipeline.dedup import run_dedup
 
-    return run_dedup(ctx.inputs["clean"], ctx.out, ctx.config.dedup)
+    cfg = ctx.config.dedup
+    previous = Path(resolve_path(ctx.config, cfg.previous)) if cfg.previous else None
+    return run_dedup(ctx.inputs["clean"], ctx.out, cfg, ctx.executor, ctx.log, previous)
 
 
 def _tokenizer(ctx: StageContext) -> dict[str, Any]:
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.tokenizer.stage import run_tokenizer_stage
 
-    return train_tokenizer(ctx.inputs["dedup"], ctx.out, ctx.config.tokenizer)
+    return run_tokenizer_stage(ctx.inputs.get("dedup"), ctx.out, ctx.config, ctx.tracking_uri)
+
+
+def _tokenizer_depends(
+    config: PipelineConfig, tracking_uri: str | None
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    from pipeline.tokenizer.stage import tokenizer_dependencies
+
+    return tokenizer_dependencies(config, tracking_uri)
 
 
 def _shards(ctx: StageContext) -> dict[str, Any]:
-    from pipeline.tokenizer import write_token_shards
+    from pipeline.tokenizer.stage import run_shards_stage
 
-    tokenizer = ctx.inputs["tokenizer"] / "tokenizer.json"
-    return write_token_shards(ctx.inputs["dedup"], tokenizer, ctx.out, ctx.config.shards)
+    return run_shards_stage(
+        ctx.inputs["dedup"], ctx.inputs["tokenizer"], ctx.out, ctx.config, ctx.executor
+    )
 
 
 def _pretrain(ctx: StageContext) -> dict[str, Any]:
@@ -110,20 +136,33 @@ def _pretrain(ctx: StageContext) -> dict[str, Any]:
         mlflow_run_id=ctx.mlflow_run_id,
         bytes_per_token_val=float(shards["stats"]["bytes_per_token_val"]),
     )
+    if ctx.config.run.init_from:  # an incremental run continues from the champion's weights
+        from pipeline.generate import resolve_model_dir
+
+        request.init_from = str(resolve_model_dir(ctx.config.run.init_from, ctx.tracking_uri))
     request_path = ctx.out / "train_request.json"
     request.to_json(request_path)
-    launch_training(request_path, ctx.log)
+    launch_training(request_path, ctx.log, ctx.config.train.launcher)
     metrics = json.loads((ctx.out / "train_metrics.json").read_text())
     return {"metrics": metrics, "files": {"model": "final", "loss_curve": "loss_curve.png"}}
 
 
-def launch_training(request_path: Path, log: Log) -> None:
+def launch_training(request_path: Path, log: Log, launcher: str | None = None) -> None:
     """Run `python -m pipeline.train REQUEST` as its own process and stream its output.
 
     Training runs outside the orchestrator's process so that multi-device launchers, which
     re-execute the current command once per device, re-execute the trainer and not the flow.
+    `launcher` (train.launcher) is a command template with {python} and {request}, e.g.
+    "srun --ntasks-per-node=8 {python} -u -m pipeline.train {request}" or
+    "torchrun --nproc-per-node=8 -m pipeline.train {request}".
     """
-    command = [sys.executable, "-u", "-m", "pipeline.train", str(request_path)]
+    import shlex
+
+    template = launcher or "{python} -u -m pipeline.train {request}"
+    command = [
+        part.format(python=sys.executable, request=str(request_path))
+        for part in shlex.split(template)
+    ]
     log("launching: " + " ".join(command))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail: list[str] = []
@@ -157,17 +196,31 @@ def _die_with_parent() -> None:
 
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
-    from pipeline.evaluate import evaluate_model
+    from pipeline.evaluate import run_evaluation
 
     shards = json.loads((ctx.inputs["shards"] / "_manifest.json").read_text())
-    result = evaluate_model(
+    result = run_evaluation(
         ctx.inputs["pretrain"] / "final",
-        ctx.inputs["shards"],
-        float(shards["stats"]["bytes_per_token_val"]),
         ctx.config.evaluate,
+        ctx.config.base_dir,
         ctx.out,
+        shards_dir=ctx.inputs["shards"],
+        bytes_per_token=float(shards["stats"]["bytes_per_token_val"]),
+        log=ctx.log,
     )
-    return {"metrics": result["metrics"], "generations": result["generations"]}
+    return {
+        "metrics": result["metrics"],
+        "eval_table": result["table"],
+        "generations": result["generations"],
+        "skipped": result["skipped"],
+        "counts": {"quarantined_by_reason": result["quarantined"]},
+    }
+
+
+def _eval_inputs(config: PipelineConfig, tracking_uri: str | None) -> list[str]:
+    from pipeline.evaluate.tasks import eval_input_fingerprints
+
+    return eval_input_fingerprints(config.evaluate, config.base_dir)
 
 
 def _register(ctx: StageContext) -> dict[str, Any]:
@@ -175,17 +228,34 @@ def _register(ctx: StageContext) -> dict[str, Any]:
 
     if not ctx.tracking_uri or not ctx.mlflow_run_id:
         raise RuntimeError("the register stage needs an MLflow tracking URI and run")
+    from pipeline.config import config_hash
+    from pipeline.tracking.registry import PromotionRule, git_commit
+
     evaluation = json.loads((ctx.inputs["evaluate"] / "_manifest.json").read_text())
+    shards = json.loads((ctx.inputs["shards"] / "_manifest.json").read_text())
     cfg = ctx.config.register
+    tags = {
+        "llmpipe.data_fingerprint": ctx.inputs["shards"].name,
+        "llmpipe.documents_fingerprint": str((shards.get("inputs") or {}).get("dedup", "")),
+        "llmpipe.tokenizer_fingerprint": ctx.inputs["tokenizer"].name,
+        "llmpipe.pretrain_fingerprint": ctx.inputs["pretrain"].name,
+        "llmpipe.eval_fingerprint": ctx.inputs["evaluate"].name,
+        "llmpipe.config_hash": config_hash(ctx.config),
+        "llmpipe.pretrain_output": str(ctx.inputs["pretrain"]),
+        "llmpipe.shards_output": str(ctx.inputs["shards"]),
+        "llmpipe.eval_tasks": ",".join(
+            sorted({row["task"] for row in evaluation.get("eval_table", [])} - {"model"})
+        ),
+        **git_commit(),
+    }
     result = register_model_dir(
         ctx.tracking_uri,
         ctx.mlflow_run_id,
         ctx.inputs["pretrain"] / "final",
         cfg.model_name,
         evaluation["metrics"],
-        cfg.metric,
-        cfg.mode,
-        tags={"pretrain_output": str(ctx.inputs["pretrain"])},
+        PromotionRule(cfg.metric, cfg.mode, cfg.min_improvement),
+        tags=tags,
     )
     return {"registered": result}
 
@@ -198,17 +268,17 @@ def _registry_identity(config: PipelineConfig, tracking_uri: str | None) -> list
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", 1, (), ("ingest",), _ingest, external=_ingest_inputs),
-    Stage("clean", 1, ("ingest",), ("clean",), _clean),
-    Stage("dedup", 1, ("clean",), ("dedup",), _dedup),
-    Stage("tokenizer", 1, ("dedup",), ("tokenizer",), _tokenizer),
-    Stage("shards", 1, ("dedup", "tokenizer"), ("shards",), _shards),
-    Stage("pretrain", 1, ("shards", "tokenizer"), ("model", "train"), _pretrain, keep_partial=True),
-    Stage("evaluate", 1, ("pretrain", "shards"), ("evaluate",), _evaluate),
+    Stage("ingest", 2, (), ("ingest",), _ingest, external=_ingest_inputs),
+    Stage("clean", 2, ("ingest",), ("clean",), _clean),
+    Stage("dedup", 2, ("clean",), ("dedup",), _dedup),
+    Stage("tokenizer", 2, ("dedup",), ("tokenizer",), _tokenizer, depends=_tokenizer_depends),
+    Stage("shards", 2, ("dedup", "tokenizer"), ("shards",), _shards),
+    Stage("pretrain", 2, ("shards", "tokenizer"), ("model", "train"), _pretrain, keep_partial=True),
+    Stage("evaluate", 2, ("pretrain", "shards"), ("evaluate",), _evaluate, external=_eval_inputs),
     Stage(
         "register",
-        1,
-        ("evaluate", "pretrain"),
+        2,
+        ("evaluate", "pretrain", "shards", "tokenizer"),
         ("register",),
         _register,
         external=_registry_identity,
@@ -239,16 +309,48 @@ def plan(
     """Every stage with its fingerprinted output location, in DAG order."""
     planned: dict[str, PlannedStage] = {}
     for stage in STAGES:
-        upstream = {name: planned[name].output for name in stage.upstream}
+        if stage.depends:
+            reads, fields = stage.depends(config, tracking_uri)
+        else:
+            reads, fields = stage.upstream, stage.config_fields(config)
+        kept = _kept_output(stage.name, config)  # incremental: the first run's tokenizer
+        if kept is not None:
+            planned[stage.name] = PlannedStage(stage, kept, fields, {})
+            continue
+        upstream = {name: planned[name].output for name in reads}
+        if stage.name == "evaluate" and config.run.heldout_from and "shards" in upstream:
+            upstream["shards"] = _output_at(config.run.heldout_from, "shards")  # same held-out
         inputs = [f"{name}:{out.fingerprint}" for name, out in upstream.items()]
         if stage.external:
             inputs += stage.external(config, tracking_uri)
-        fields = stage.config_fields(config)
+        if stage.name == "ingest" and config.run.seen_before:
+            inputs += _seen_fingerprint(config.run.seen_before)
+        if stage.name == "pretrain" and config.run.init_from:
+            inputs.append(f"init:{config.run.init_from}")
         fp = fingerprint(stage.name, stage.version, fields, inputs)
         planned[stage.name] = PlannedStage(
             stage, StageOutput(Path(workdir), stage.name, fp), fields, upstream
         )
     return list(planned.values())
+
+
+def _output_at(folder: str, stage: str) -> StageOutput:
+    """The StageOutput of an existing output folder `<workdir>/<stage>/<fingerprint>`."""
+    path = Path(folder)
+    if path.parent.name != stage or not (path / "_manifest.json").is_file():
+        raise UpstreamMissing(f"{folder} is not a complete {stage} output")
+    return StageOutput(path.parent.parent, stage, path.name)
+
+
+def _kept_output(stage: str, config: PipelineConfig) -> StageOutput | None:
+    if stage == "tokenizer" and config.run.tokenizer_from:
+        return _output_at(config.run.tokenizer_from, "tokenizer")
+    return None
+
+
+def _seen_fingerprint(seen_dir: str) -> list[str]:
+    files = sorted(Path(seen_dir).glob("*.parquet"))
+    return [f"seen:{p.name}:{p.stat().st_size}" for p in files]
 
 
 def select(
@@ -290,7 +392,11 @@ def run_stage(
             f"(expected under {', '.join(str(planned.upstream[m].path) for m in missing)}); run them first"
         )
     started = time.time()
-    with building(output, keep_partial=planned.stage.keep_partial) as partial:
+    # Another run writing this very output (two runs of one deployment): wait for it, then
+    # reuse what it published; a dead run's lease is taken over at once.
+    with building(
+        output, keep_partial=planned.stage.keep_partial, wait_seconds=LEASE_WAIT_SECONDS
+    ) as partial:
         if output.complete():  # another run finished it while we waited for the lease
             return {**output.manifest(), "reused": True}
         ctx = StageContext(

@@ -67,8 +67,9 @@ def shard_paths(folder: Path) -> list[Path]:
 class ShardWriter:
     """Writes documents into numbered Parquet shards of at most `max_docs` rows each."""
 
-    def __init__(self, folder: Path, max_docs: int, batch_size: int = 1000):
+    def __init__(self, folder: Path, max_docs: int, batch_size: int = 1000, prefix: str = "part-"):
         self.folder = Path(folder)
+        self.prefix = prefix  # "part-00003-" for the files of unit 3 of a parallel stage
         self.folder.mkdir(parents=True, exist_ok=True)
         self.max_docs = max_docs
         self.batch_size = min(batch_size, max_docs)
@@ -90,7 +91,7 @@ class ShardWriter:
     def _flush(self) -> None:
         while self._buffer:
             if self._writer is None:
-                path = self.folder / f"part-{self.shards:05d}.parquet"
+                path = self.folder / f"{self.prefix}{self.shards:05d}.parquet"
                 self._writer = pq.ParquetWriter(path, DOCUMENT_SCHEMA, compression="zstd")
                 self.shards += 1
                 self._in_shard = 0

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "_manifest.json"
+LEASE_POLL_SECONDS = 1.0
 
 
 def fingerprint(stage: str, version: int, config: dict[str, Any], inputs: list[str]) -> str:
@@ -104,25 +105,37 @@ def _lease_is_stale(lease: Path) -> bool:
 
 
 @contextmanager
-def lease(path: Path) -> Iterator[None]:
-    """Hold an exclusive lease file while the block runs; take over a dead owner's lease."""
+def lease(path: Path, wait_seconds: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lease file while the block runs; take over a dead owner's lease.
+
+    A live owner's lease raises `LeaseHeld`, or with `wait_seconds` is waited for (two pipeline
+    runs that meet on one stage: the second waits, then finds the output complete).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
-    for _ in range(2):
+    deadline = time.time() + wait_seconds
+    takeovers = 0
+    while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            if not _lease_is_stale(path):
-                raise LeaseHeld(
-                    f"{path} is held by a running process: {path.read_text()}"
-                ) from None
-            path.unlink(missing_ok=True)
+            if _lease_is_stale(path):
+                takeovers += 1
+                if takeovers > 2:
+                    raise LeaseHeld(f"could not take the lease {path}") from None
+                path.unlink(missing_ok=True)
+                continue
+            if time.time() >= deadline:
+                try:
+                    holder = path.read_text()
+                except OSError:
+                    holder = "?"
+                raise LeaseHeld(f"{path} is held by a running process: {holder}") from None
+            time.sleep(min(LEASE_POLL_SECONDS, max(deadline - time.time(), 0.01)))
             continue
         with os.fdopen(fd, "w") as handle:
             handle.write(owner)
         break
-    else:
-        raise LeaseHeld(f"could not take the lease {path}")
     try:
         yield
     finally:
@@ -130,17 +143,25 @@ def lease(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def building(output: StageOutput, keep_partial: bool = False) -> Iterator[Path]:
+def building(
+    output: StageOutput, keep_partial: bool = False, wait_seconds: float = 0.0
+) -> Iterator[Path]:
     """Yield the partial folder to write into; the caller publishes it with `publish`.
 
     `keep_partial=True` keeps what a killed earlier attempt left (training resumes from its
     checkpoints); otherwise the partial folder starts empty.
     """
-    with lease(output.lease):
+    with lease(output.lease, wait_seconds):
         if output.partial.exists() and not keep_partial:
             shutil.rmtree(output.partial)
         output.partial.mkdir(parents=True, exist_ok=True)
-        yield output.partial
+        try:
+            yield output.partial
+        finally:
+            # The caller found the output published by another run (while it waited for the
+            # lease) and wrote nothing: leave no empty partial folder behind.
+            if output.complete() and output.partial.exists():
+                shutil.rmtree(output.partial, ignore_errors=True)
 
 
 def publish(output: StageOutput, manifest: dict[str, Any]) -> Path:

@@ -30,12 +30,62 @@ def _fmt(value: Any) -> str:
 def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
     """Numeric counts, stats and metrics of a manifest, flattened for MLflow."""
     out = {}
-    for section in ("counts", "stats", "metrics"):
+    for section in ("counts", "stats", "metrics", "edits"):
         for key, value in flatten(manifest.get(section) or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{key}"] = value
     out["seconds"] = manifest.get("seconds", 0.0)
     return out
+
+
+def eval_markdown(rows: list[dict[str, Any]]) -> str:
+    """The evaluation table (task, metric, value +- stderr, examples), then each task's method."""
+    lines = []
+    for row in rows:
+        value = "" if row.get("value") is None else _fmt(row["value"])
+        if row.get("stderr") is not None:
+            value += f" ± {row['stderr']:.3g}"
+        examples = "" if row.get("examples") is None else _fmt(int(row["examples"]))
+        lines.append((row["task"], row["metric"], value or row.get("note", ""), examples))
+    methods = dict.fromkeys(f"- **{r['task']}**: {r['method']}" for r in rows if r.get("method"))
+    return (
+        _table(lines, ("task", "metric", "value", "examples"))
+        + "\n\nMethods:\n"
+        + "\n".join(methods)
+    )
+
+
+def _cleaning_and_dedup_sections(manifest: dict[str, Any]) -> list[str]:
+    """Clean's rule table (with one removed document per rule) and edits; dedup's near-dup
+    examples, removed text beside kept text: what a person reads to judge a rule."""
+    parts = []
+    rules = manifest.get("rules") or []
+    examples = manifest.get("examples_rejected") or {}
+    if rules:
+        rows = []
+        for rule in rules:
+            sample = (examples.get(rule["name"]) or [{}])[0].get("text", "")
+            rows.append(
+                (
+                    rule["name"],
+                    rule["family"],
+                    f"{rule['signal']} {rule['keep_if']}",
+                    _fmt(rule["removed"]),
+                    _fmt(rule["failing"]),
+                    str(sample)[:120],
+                )
+            )
+        header = ("rule", "family", "keep if", "removed", "failing", "a removed document")
+        parts.append("## Rules, in the order tried\n\n" + _table(rows, header))
+    edits = manifest.get("edits") or {}
+    if edits:
+        rows = [(name, _fmt(n)) for name, n in edits.items()]
+        parts.append("## Edits\n\n" + _table(rows, ("edit", "count")))
+    near = (manifest.get("near_duplicates") or {}).get("examples") or []
+    if near:
+        rows = [(e["removed"][:150], e["kept"][:150]) for e in near]
+        parts.append("## Near duplicates\n\n" + _table(rows, ("removed", "kept")))
+    return parts
 
 
 def stage_markdown(stage: str, manifest: dict[str, Any]) -> str:
@@ -46,25 +96,48 @@ def stage_markdown(stage: str, manifest: dict[str, Any]) -> str:
     ]
     numbers = stage_metrics(manifest)
     numbers.pop("seconds", None)
-    if numbers:
+    evaluation = manifest.get("eval_table") or []
+    if evaluation:
+        parts.append(eval_markdown(evaluation))
+    elif numbers:
         parts.append(_table([(k, _fmt(v)) for k, v in numbers.items()], ("measure", "value")))
     registered = manifest.get("registered")
     if registered:
         parts.append(
             f"Registered **{registered['model_name']}** version **{registered['version']}** "
             f"({registered['metric']} = {registered['value']:.4f}); "
-            + (
-                "promoted to `@champion`."
-                if registered["promoted"]
-                else f"kept as `@challenger` (champion v{registered['previous_champion']} has "
-                f"{registered['previous_champion_metric']:.4f})."
-            )
+            + ("promoted to `@champion`" if registered["promoted"] else "kept as `@challenger`")
+            + (f": {registered['reason']}." if registered.get("reason") else ".")
         )
+    counts = manifest.get("counts") or {}
+    by_source = counts.get("by_source") or {}
+    if by_source and isinstance(next(iter(by_source.values())), dict):
+        rows = [
+            (name, _fmt(c.get("documents", 0)), _fmt(c.get("quarantined", 0)), c.get("files", ""))
+            for name, c in by_source.items()
+        ]
+        parts.append(
+            "## Sources\n\n" + _table(rows, ("source", "documents", "quarantined", "files"))
+        )
+    for title, key in (
+        ("Refused, by reason", "quarantined_by_reason"),
+        ("Repaired", "repaired_by_reason"),
+    ):
+        if counts.get(key):
+            rows = [(reason, _fmt(n)) for reason, n in counts[key].items()]
+            parts.append(f"## {title}\n\n" + _table(rows, ("reason", "count")))
+    languages = counts.get("languages") or {}
+    if languages:
+        top = sorted(languages.items(), key=lambda kv: -kv[1])[:15]
+        total = sum(languages.values()) or 1
+        rows = [(lang, _fmt(n), f"{n / total:.1%}") for lang, n in top]
+        parts.append("## Languages\n\n" + _table(rows, ("language", "documents", "share")))
     for title, key in (("Examples", "examples"), ("Generations", "generations")):
         rows = manifest.get(key) or []
         if rows:
             header = tuple(rows[0].keys())
             parts.append(f"## {title}\n\n" + _table([tuple(r.values()) for r in rows], header))
+    parts.extend(_cleaning_and_dedup_sections(manifest))
     rejected = manifest.get("examples_rejected") or {}
     if rejected:
         lines = ["## Rejected examples"]

@@ -66,3 +66,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+def missing(what: str) -> None:
+    """Skip a test whose servers or browser are absent; fail instead where CI requires them."""
+    if os.environ.get("LLMPIPE_REQUIRE_SERVERS") == "1":
+        pytest.fail(what)
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def server_stack():
+    """PostgreSQL, the Prefect server and the MLflow server on 127.0.0.1 (flows/stack.py)."""
+    from flows.stack import postgres_bin
+
+    if postgres_bin() is None:
+        missing("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    from server_helpers import start_stack, stop_stack
+
+    stack = start_stack()
+    yield stack
+    stop_stack(stack)
+
+
+@pytest.fixture(scope="session")
+def served_run(server_stack, tmp_path_factory):
+    """One shrunk quickstart run of prefect.yaml's deployment, run by a worker on the stack."""
+    from server_helpers import run_deployment_on_stack
+    from test_pipeline_e2e import SHRINK
+
+    return run_deployment_on_stack(server_stack, SHRINK, tmp_path_factory.mktemp("served"))

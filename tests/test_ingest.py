@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import TypeAdapter
 
-from pipeline.config import SourceConfig
+from pipeline.config import IngestConfig, SourceConfig
 from pipeline.documents import iter_documents, shard_paths
 from pipeline.ingest import run_ingest, source_input_fingerprint
 from pipeline.quarantine import read_quarantine
@@ -54,9 +54,8 @@ def sources(*raw: dict) -> list:
 
 
 def ingest(tmp_path: Path, raw_sources: list[dict], base_dir: Path, out: str = "out", **kw):
-    manifest = run_ingest(
-        sources(*raw_sources), str(base_dir), tmp_path / out, kw.get("max_docs_per_shard", 1000)
-    )
+    settings = IngestConfig(max_docs_per_shard=kw.get("max_docs_per_shard", 1000))
+    manifest = run_ingest(sources(*raw_sources), str(base_dir), tmp_path / out, settings)
     return manifest, list(iter_documents(tmp_path / out))
 
 
@@ -83,7 +82,8 @@ def test_sample_sources_become_documents(tmp_path):
     assert len({d["id"] for d in docs}) == len(docs)
     assert manifest["stats"]["files"] == 4
     assert manifest["stats"]["chars"] == sum(len(d["text"]) for d in docs)
-    assert [e["source"] for e in manifest["examples"]] == ["wikitext2", "botchan", "squad"]
+    assert [e["source"] for e in manifest["examples"]] == ["wikitext2", "botchan", "squad", "ftfy"]
+    assert {d["lang"] for d in docs if d["source"] != "ftfy"} == {"en"}  # detected
 
     by_source = {}
     for doc in docs:
@@ -161,7 +161,13 @@ def test_parquet_source_with_field_mapping(tmp_path):
     assert docs[0]["url"] == "https://en.wikipedia.org/wiki/Robert_Boulter"
     assert docs[0]["published"] == "2016" and docs[2]["published"] is None
     assert docs[0]["source"] == "parquet:articles.parquet"
-    assert json.loads(docs[0]["meta"]) == {"words": 897, "_locator": "articles.parquet#0"}
+    meta = json.loads(docs[0]["meta"])
+    assert meta == {
+        "words": 897,
+        "_locator": "articles.parquet#0",
+        "lang_score": meta["lang_score"],
+    }
+    assert docs[0]["lang"] == "en" and 0.5 < meta["lang_score"] <= 1
 
     # The url is part of the id: a moved page is another document.
     moved = table.set_column(2, "link", pa.array([f"https://example.org/{i}" for i in range(5)]))

@@ -1,4 +1,5 @@
-"""GPT model: shapes, loss, learning, generation, FLOPs, safetensors save/load."""
+"""GPT model, both architectures: shapes, loss, causality, learning, generation with a KV cache,
+top-k/top-p/stop tokens, FLOPs and parameter counts, safetensors save/load."""
 
 from __future__ import annotations
 
@@ -194,3 +195,170 @@ def test_config_from_pipeline_model_config():
     assert config.block_size == ModelConfig().block_size
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=3, n_embd=32)
+
+
+# ------------------------------------------------------------------------ llama architecture
+
+
+def test_llama_has_rope_rmsnorm_swiglu_and_no_biases():
+    model = tiny_model(arch="llama", bias=False)
+    assert "wpe" not in model.transformer
+    block = model.transformer.h[0]
+    assert isinstance(block.ln_1, torch.nn.RMSNorm)
+    assert block.mlp.c_gate.weight.shape == (model.config.mlp_hidden, 32)
+    assert model.config.mlp_hidden == int(8 * 32 / 3)
+    assert not [n for n, _ in model.named_parameters() if n.endswith(".bias")]
+    # RoPE tables are derived, never saved
+    assert not [k for k in model.state_dict() if "rope" in k]
+
+
+def test_parameter_counts_match_the_reference_char_models():
+    # anchor-runs.md: nanoGPT's CPU Shakespeare model, 4 x 128, vocab 65, tied
+    shape = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    gpt2 = GPT(GPTConfig(**shape, bias=False))
+    llama = GPT(GPTConfig(**shape, arch="llama", bias=False))
+    assert gpt2.num_params(non_embedding=False) == 804_096
+    assert llama.num_params(non_embedding=False) == 795_392
+    assert llama.num_params() == 795_392  # no position embedding; the tied head counts
+    assert llama.flops_per_token() == 6 * 795_392 + 12 * 4 * 4 * 32 * 64
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_both_architectures_are_causal_and_learn(arch):
+    model = tiny_model(arch=arch)
+    idx = torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(2))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 64
+    a, b = model(idx)[0], model(changed)[0]
+    assert torch.allclose(a[0, :10], b[0, :10], atol=1e-6)
+    assert not torch.allclose(a[0, 10:], b[0, 10:])
+
+    model.train()
+    targets = idx.roll(-1, dims=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = model(idx, targets)[1].item()
+    for _ in range(40):
+        loss = model(idx, targets)[1]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_rope_makes_attention_depend_on_relative_position():
+    # The same 6 tokens at positions 0.. and at positions 5..: with RoPE the keys and queries
+    # rotate together, so the attention output at the last position is the same.
+    from pipeline.model.gpt import apply_rope, rope_tables
+
+    config = tiny_config(arch="llama")
+    cos, sin = rope_tables(config, 16)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 6, 16, generator=gen), torch.randn(1, 1, 6, 16, generator=gen)
+    scores = [
+        apply_rope(q, cos[s : s + 6], sin[s : s + 6])
+        @ apply_rope(k, cos[s : s + 6], sin[s : s + 6]).mT
+        for s in (0, 5)
+    ]
+    assert torch.allclose(scores[0], scores[1], atol=1e-5)
+    assert not torch.allclose(q @ k.mT, scores[0])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_kv_cache_generation_equals_recomputing_the_context(arch):
+    model = tiny_model(seed=4, arch=arch)
+    prompt = torch.randint(0, 64, (3, 5), generator=torch.Generator().manual_seed(5))
+    cached = model.generate(prompt, 11, temperature=0)  # 16 = block_size: one cache fill
+    plain = model.generate(prompt, 11, temperature=0, use_cache=False)
+    assert torch.equal(cached, plain)
+    # the cached step's logits are the full forward's, position by position
+    from pipeline.model.gpt import KVCache
+
+    cache = KVCache(model.config, 3, prompt.device, torch.float32)
+    logits = [model(cached[:, :5], cache=cache)[0][:, -1]]
+    for t in range(5, 15):
+        logits.append(model(cached[:, t : t + 1], cache=cache, start_pos=t)[0][:, -1])
+    full = model(cached[:, :15])[0][:, 4:15]
+    assert torch.allclose(torch.stack(logits, dim=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_generation_goes_past_block_size_with_a_sliding_cache(arch):
+    model = tiny_model(arch=arch)
+    prompt = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(6))
+    out = model.generate(prompt, 40, temperature=0.9, seed=3)
+    assert out.shape == (2, 44)
+    assert torch.equal(out, model.generate(prompt, 40, temperature=0.9, seed=3))
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    seen = set()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        seen.add(int(GPT._sample(logits, 1.0, None, 0.75, gen)))
+    assert seen == {0, 1}  # 0.5 < 0.75 <= 0.5 + 0.3
+    seen = {int(GPT._sample(logits, 1.0, None, 0.5, gen)) for _ in range(100)}
+    assert seen == {0}
+    seen = {int(GPT._sample(logits, 1.0, None, 0.99, gen)) for _ in range(2000)}
+    assert seen == {0, 1, 2, 3}
+
+
+def test_stop_ids_end_rows_like_eos():
+    model = tiny_model()
+    prompt = torch.randint(0, 64, (1, 4), generator=torch.Generator().manual_seed(6))
+    free = model.generate(prompt, 6, temperature=0)
+    stop = int(free[0, 6])  # the third new token, maybe produced earlier already
+    first = free[0, 4:].tolist().index(stop)
+    out = model.generate(prompt, 6, temperature=0, stop_ids=[stop])
+    assert out.shape == (1, 4 + first + 1) and int(out[0, -1]) == stop
+    assert torch.equal(out[0], free[0, : 4 + first + 1])
+    # a stop id and an eos id together: whichever comes first ends the row
+    assert model.generate(prompt, 6, temperature=0, eos_id=63, stop_ids=[stop]).shape == out.shape
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_save_load_roundtrip_records_the_architecture(tmp_path, arch):
+    model = tiny_model(seed=13, arch=arch, bias=arch == "gpt2")
+    save_model(model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "model_config.json").read_text())["arch"] == arch
+    loaded = load_model(tmp_path / "m").eval()
+    assert loaded.config == model.config
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(12))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+
+
+def test_a_config_written_before_architectures_loads_as_gpt2(tmp_path):
+    model = tiny_model(seed=1)
+    save_model(model, tmp_path)
+    config = json.loads((tmp_path / "model_config.json").read_text())
+    for key in ("arch", "mlp_hidden", "rope_base", "norm_eps"):
+        del config[key]
+    (tmp_path / "model_config.json").write_text(json.dumps(config))
+    loaded = load_model(tmp_path)
+    assert loaded.config.arch == "gpt2" and loaded.config.mlp_hidden == 4 * 32
+
+
+def test_compiled_model_saves_without_orig_mod_prefix(tmp_path):
+    from safetensors import safe_open
+
+    from pipeline.model.checkpoint import save_state_dict
+
+    model = tiny_model()
+    wrapped = torch.compile(model)  # not run: only its state_dict names matter
+    assert any(k.startswith("_orig_mod.") for k in wrapped.state_dict())
+    save_state_dict(wrapped.state_dict(), model.config, tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "_orig_mod" in k]
+    assert torch.equal(load_model(tmp_path).transformer.wte.weight, model.transformer.wte.weight)
+
+
+def test_zero_out_init_starts_every_block_as_the_identity():
+    model = tiny_model(arch="llama", init="zero_out")
+    projections = [p for n, p in model.named_parameters() if n.endswith("c_proj.weight")]
+    assert len(projections) == 2 * 2 and all(not p.any() for p in projections)
+    idx = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(3))
+    x = model.transformer.wte(idx)
+    expected = model.lm_head(model.transformer.ln_f(x))
+    assert torch.allclose(model(idx)[0], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="init"):
+        tiny_config(init="xavier")

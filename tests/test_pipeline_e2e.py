@@ -101,6 +101,11 @@ def test_registry_has_a_champion_that_generates(runs, capsys):
     uri = first["tracking_uri"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("e2e-gpt", "champion")
+    # Provenance, and why it holds its aliases, are in the version's tags.
+    runs_by_flow = {first["prefect_flow_run_id"], changed["prefect_flow_run_id"]}
+    assert champion.tags["prefect.flow_run_id"] in runs_by_flow
+    assert champion.tags["llmpipe.data_fingerprint"] == first["stages"]["shards"]["fingerprint"]
+    assert any(key.startswith("llmpipe.alias_log.") for key in champion.tags)
     versions = client.search_model_versions("name='e2e-gpt'")
     assert len(versions) == 2  # the unchanged re-run registered nothing new
     bpb = {str(v.version): float(v.tags["val_bpb"]) for v in versions}
@@ -168,6 +173,7 @@ def test_mlflow_run_tree_links_to_prefect(runs):
     assert by_stage["clean"].data.params["clean.min_words"] == "20"
     assert "train_loss" in by_stage["pretrain"].data.metrics  # from the Lightning MLflow logger
     assert by_stage["evaluate"].data.metrics["val_bpb"] > 0
+    assert 0 <= by_stage["evaluate"].data.metrics["hellaswag_sample_acc_norm"] <= 1
     assert all("prefect.task_run_id" in r.data.tags for r in children)
     artifacts = {a.path for a in client.list_artifacts(by_stage["tokenizer"].info.run_id, "output")}
     assert "output/tokenizer.json" in artifacts
@@ -203,6 +209,7 @@ def test_prefect_records_the_flow_run_and_artifacts(runs):
     keys = {a.key for a in artifacts}
     assert {f"llmpipe-{s}" for s in STAGE_NAMES} <= keys
     assert "llmpipe-stages" in keys
+    assert "llmpipe-eval-table" in keys
     assert {t.state.name for t in rerun_tasks} == {"Cached"}
 
 

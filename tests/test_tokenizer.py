@@ -1,21 +1,26 @@
-"""Tokenizer stage: BPE training, round trips, and train/val token shards, on real text."""
+"""Tokenizer training: pre-tokenizer, special tokens, transformers files, determinism and the
+held-out measures, on real text (data/sample/botchan.txt) and a few inline paragraphs.
+
+The helpers here (corpora, readers of shard folders) are shared by the other
+tests/test_tokenizer_*.py files.
+"""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.config import ShardsConfig, TokenizerConfig
-from pipeline.documents import document_id, make_document, write_documents
+from pipeline.documents import document_id, iter_documents, make_document, write_documents
 from pipeline.tokenizer import load_tokenizer, load_tokens, split_paths, train_tokenizer
-from pipeline.tokenizer.encode import write_token_shards
-from pipeline.tokenizer.token_shards import read_header
+from pipeline.tokenizer.splits import DocumentSplit
+from pipeline.tokenizer.text_encoder import _byte_decoder
 
 BOTCHAN = Path(__file__).resolve().parents[1] / "data" / "sample" / "botchan.txt"
+SPECIALS = ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"]
 
 # Written for this test, so one test path needs no shared data at all.
 INLINE_PARAGRAPHS = [
@@ -76,6 +81,11 @@ def read_split(folder: Path, split: str) -> np.ndarray:
     return np.concatenate([np.asarray(load_tokens(path)) for path in paths])
 
 
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder by name (for byte-for-byte comparisons)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
 @pytest.fixture(scope="module")
 def botchan_corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
     folder = tmp_path_factory.mktemp("botchan") / "docs"
@@ -117,17 +127,45 @@ def test_training_on_inline_text_needs_no_shared_data(tmp_path):
     assert len(tokenizer.encode("the river").ids) < len("the river")
 
 
+def test_default_special_tokens_include_the_fine_tuning_markers(botchan_tokenizer):
+    folder, manifest = botchan_tokenizer
+    assert manifest["stats"]["special_tokens"] == {token: i for i, token in enumerate(SPECIALS)}
+    tokenizer = load_tokenizer(folder)
+    # Added as special tokens: a marker in a prompt template is one id, never split.
+    ids = tokenizer.encode("<|user|>Who wrote Botchan?<|assistant|>Soseki.<|endoftext|>").ids
+    assert ids[0] == 2 and 3 in ids and ids[-1] == 0
+
+
+def test_pretokenizer_splits_words_punctuation_and_every_digit(botchan_tokenizer):
+    tokenizer = load_tokenizer(botchan_tokenizer[0])
+    to_byte = _byte_decoder()
+    text = "He paid ¥12,500 in 2024's\tspring!! 東京 😀"
+    pieces = [
+        bytes(to_byte[c] for c in piece).decode("utf-8")
+        for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)
+    ]
+    assert "".join(pieces) == text
+    assert pieces == [
+        "He", " paid", " ¥", "1", "2", ",", "5", "0", "0", " in", " ", "2", "0", "2", "4",
+        "'s", "\tspring", "!!", " 東京", " 😀",
+    ]  # fmt: skip
+    # A merge never spans two digits, so every digit of a number is its own token.
+    for token_id in tokenizer.encode("in 1984 and 20240229").ids:
+        token = tokenizer.decode([token_id])
+        assert not any(c.isdigit() for c in token) or token.strip().isdigit() and len(token) == 1
+
+
 def test_transformers_files_name_the_special_tokens(botchan_tokenizer):
     folder, manifest = botchan_tokenizer
     config = json.loads((folder / "tokenizer_config.json").read_text())
     special_map = json.loads((folder / "special_tokens_map.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
-    assert config["added_tokens_decoder"]["0"]["content"] == "<|endoftext|>"
-    assert config["added_tokens_decoder"]["1"]["content"] == "<|pad|>"
+    assert [config["added_tokens_decoder"][str(i)]["content"] for i in range(4)] == SPECIALS
     assert special_map == {
         "bos_token": "<|endoftext|>",
         "eos_token": "<|endoftext|>",
         "pad_token": "<|pad|>",
+        "additional_special_tokens": ["<|user|>", "<|assistant|>"],
     }
 
 
@@ -136,9 +174,14 @@ def test_transformers_loads_the_saved_tokenizer(botchan_tokenizer):
     folder, manifest = botchan_tokenizer
     fast = transformers.PreTrainedTokenizerFast.from_pretrained(str(folder))
     native = load_tokenizer(folder)
-    text = "I was a reckless fellow from my childhood."
-    assert fast(text)["input_ids"] == native.encode(text).ids
-    assert (fast.eos_token_id, fast.pad_token_id) == (0, 1)
+    for text in ["I was a reckless fellow from my childhood.", *TRICKY_STRINGS]:
+        ids = fast(text)["input_ids"]
+        assert ids == native.encode(text).ids
+        assert fast.decode(ids) == text
+    assert (fast.eos_token_id, fast.bos_token_id, fast.pad_token_id) == (0, 0, 1)
+    assert fast.convert_tokens_to_ids(["<|user|>", "<|assistant|>"]) == [2, 3]
+    batch = fast(["short", "a longer sentence here"], padding=True)
+    assert batch["input_ids"][0][-1] == 1 and batch["attention_mask"][0][-1] == 0
 
 
 def test_training_reaches_the_requested_vocab_and_is_deterministic(
@@ -152,147 +195,38 @@ def test_training_reaches_the_requested_vocab_and_is_deterministic(
     again = train_tokenizer(botchan_corpus[0], tmp_path / "again", TokenizerConfig(vocab_size=1000))
 
     assert again == manifest
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        assert (tmp_path / "again" / name).read_bytes() == (folder / name).read_bytes()
+    assert folder_bytes(tmp_path / "again") == folder_bytes(folder)
 
 
-@pytest.mark.parametrize("text", TRICKY_STRINGS)
-def test_decode_inverts_encode(botchan_tokenizer, text):
-    tokenizer = load_tokenizer(botchan_tokenizer[0])
-    assert tokenizer.decode(tokenizer.encode(text).ids) == text
-
-
-# ------------------------------------------------------------------------------------ shards
-
-
-def test_shards_match_manifest_and_split_by_id(botchan_corpus, botchan_tokenizer, tmp_path):
+def test_held_out_documents_are_not_trained_on_and_are_measured(botchan_corpus, tmp_path):
     docs_dir, docs = botchan_corpus
-    tokenizer_folder, tok_manifest = botchan_tokenizer
-    cfg = ShardsConfig(val_fraction=0.2, tokens_per_shard=5000)
+    split = DocumentSplit.for_documents(docs_dir, ShardsConfig(val_fraction=0.2))
+    val = [d for d in iter_documents(docs_dir) if split.split_of(d["id"]) == "val"]
+    assert 0 < len(val) < len(docs)
 
-    manifest = write_token_shards(
-        docs_dir, tokenizer_folder / "tokenizer.json", tmp_path / "a", cfg
-    )
+    manifest = train_tokenizer(docs_dir, tmp_path, TokenizerConfig(vocab_size=1000), split)
+
     counts, stats = manifest["counts"], manifest["stats"]
-    eot = tok_manifest["stats"]["eot_id"]
-    assert stats["eot_id"] == eot == 0
-    assert stats["vocab_size"] == 1000 and stats["dtype"] == "uint16"
-    assert counts["train_documents"] + counts["val_documents"] == len(docs)
-    assert 0 < counts["val_documents"] < counts["train_documents"]
-
-    text_of = {doc["id"]: doc["text"] for doc in docs}
-    ids_by_text = {doc["text"]: doc["id"] for doc in docs}
-    assert len(ids_by_text) == len(docs)  # texts are unique, so a decoded text names its doc
-    tokenizer = load_tokenizer(tokenizer_folder)
-    seen: dict[str, set[str]] = {}
-    for split in ("train", "val"):
-        paths = split_paths(tmp_path / "a", split)
-        assert len(paths) == counts[f"{split}_shards"] > 1  # 5000 tokens per shard forces several
-        for path in paths:
-            dtype, count = read_header(path)
-            assert dtype == np.uint16 and 0 < count <= cfg.tokens_per_shard
-        tokens = read_split(tmp_path / "a", split)
-        assert sum(read_header(p)[1] for p in paths) == len(tokens) == counts[f"{split}_tokens"]
-        # Every document ends with exactly one end-of-text id, and decodes to its own text.
-        assert int((tokens == eot).sum()) == counts[f"{split}_documents"]
-        texts = [tokenizer.decode(ids) for ids in split_documents(tokens, eot)]
-        seen[split] = {ids_by_text[text] for text in texts}
-        assert len(seen[split]) == counts[f"{split}_documents"]
-        assert stats[f"{split}_bytes"] == sum(len(text.encode()) for text in texts)
-        assert stats[f"bytes_per_token_{split}"] == pytest.approx(
-            stats[f"{split}_bytes"] / counts[f"{split}_tokens"]
-        )
-    assert not seen["train"] & seen["val"]
-    assert seen["train"] | seen["val"] == set(text_of)
-
-    # The first document of the corpus, read back through the memory map.
-    first = docs[0]
-    split = "val" if first["id"] in seen["val"] else "train"
-    expected = tokenizer.encode(first["text"]).ids + [eot]
-    assert load_tokens(split_paths(tmp_path / "a", split)[0])[: len(expected)].tolist() == expected
-
-
-def test_shards_are_reproducible_and_independent_of_document_order(
-    botchan_corpus, botchan_tokenizer, tmp_path
-):
-    docs_dir, docs = botchan_corpus
-    tokenizer_file = botchan_tokenizer[0] / "tokenizer.json"
-    cfg = ShardsConfig(val_fraction=0.2, tokens_per_shard=20_000)
-    first = write_token_shards(docs_dir, tokenizer_file, tmp_path / "a", cfg)
-    # "b" first holds many more, smaller shards: the rerun must not leave any of them behind.
-    small = ShardsConfig(val_fraction=0.2, tokens_per_shard=1000)
-    write_token_shards(docs_dir, tokenizer_file, tmp_path / "b", small)
-    second = write_token_shards(docs_dir, tokenizer_file, tmp_path / "b", cfg)
-    assert first == second
-    names_a = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names_a == sorted(p.name for p in (tmp_path / "b").iterdir())
-    for name in names_a:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-
-    # The same documents in another order and other Parquet shards: same split per document.
-    shuffled = list(docs)
-    random.Random(7).shuffle(shuffled)
-    (tmp_path / "shuffled").mkdir()
-    write_documents(shuffled, tmp_path / "shuffled", max_docs=17)
-    third = write_token_shards(tmp_path / "shuffled", tokenizer_file, tmp_path / "c", cfg)
-    assert third["counts"] == first["counts"]
-    tokenizer = load_tokenizer(tokenizer_file)
-    for split in ("train", "val"):
-        texts_a = split_documents(read_split(tmp_path / "a", split), 0)
-        texts_c = split_documents(read_split(tmp_path / "c", split), 0)
-        assert sorted(map(tokenizer.decode, texts_a)) == sorted(map(tokenizer.decode, texts_c))
-
-
-@pytest.mark.parametrize("val_fraction", [0.001, 0.999])
-def test_tiny_corpus_gets_both_splits(tmp_path, val_fraction):
-    docs_dir = tmp_path / "docs"
-    write_corpus(docs_dir, INLINE_PARAGRAPHS[:2])
-    train_tokenizer(docs_dir, tmp_path / "tok", TokenizerConfig(vocab_size=300))
-
-    manifest = write_token_shards(
-        docs_dir, tmp_path / "tok", tmp_path / "shards", ShardsConfig(val_fraction=val_fraction)
-    )
-
-    assert manifest["counts"]["train_documents"] == manifest["counts"]["val_documents"] == 1
-    tokenizer = load_tokenizer(tmp_path / "tok")
-    decoded = {
-        tokenizer.decode(ids)
-        for split in ("train", "val")
-        for ids in split_documents(read_split(tmp_path / "shards", split), 0)
-    }
-    assert decoded == set(INLINE_PARAGRAPHS[:2])
-
-
-def test_special_token_text_inside_a_document_stays_text(tmp_path):
-    texts = INLINE_PARAGRAPHS + ["a forum post quoting <|endoftext|> and <|pad|> verbatim"]
-    docs_dir = tmp_path / "docs"
-    write_corpus(docs_dir, texts)
-    train_tokenizer(docs_dir, tmp_path / "tok", TokenizerConfig(vocab_size=400))
-
-    manifest = write_token_shards(
-        docs_dir, tmp_path / "tok", tmp_path / "shards", ShardsConfig(val_fraction=0.3)
-    )
-
-    tokenizer = load_tokenizer(tmp_path / "tok")
-    decoded = []
-    for split in ("train", "val"):
-        tokens = read_split(tmp_path / "shards", split)
-        assert int((tokens == 0).sum()) == manifest["counts"][f"{split}_documents"]
-        assert int((tokens == 1).sum()) == 0  # no pad id either
-        decoded += [tokenizer.decode(ids) for ids in split_documents(tokens, 0)]
-    assert sorted(decoded) == sorted(texts)
-
-
-def test_single_document_goes_to_train(tmp_path):
-    docs_dir = tmp_path / "docs"
-    write_corpus(docs_dir, INLINE_PARAGRAPHS[:1])
-    train_tokenizer(docs_dir, tmp_path / "tok", TokenizerConfig(vocab_size=300))
-    manifest = write_token_shards(
-        docs_dir, tmp_path / "tok", tmp_path / "shards", ShardsConfig(val_fraction=0.999)
-    )
-    assert manifest["counts"]["train_documents"] == 1
-    assert manifest["counts"]["val_documents"] == 0
-    assert split_paths(tmp_path / "shards", "val") == []
+    assert counts == {"documents": len(docs) - len(val), "heldout_documents": len(val)}
+    tokenizer = load_tokenizer(tmp_path)
+    ids = [tokenizer.encode(d["text"]).ids for d in val]
+    tokens = sum(map(len, ids))
+    assert stats["heldout_tokens"] == tokens
+    assert stats["heldout_bytes"] == sum(len(d["text"].encode()) for d in val)
+    assert stats["heldout_words"] == sum(len(d["text"].split()) for d in val)
+    assert stats["heldout_bytes_per_token"] == pytest.approx(stats["heldout_bytes"] / tokens)
+    assert stats["heldout_words_per_token"] == pytest.approx(stats["heldout_words"] / tokens)
+    assert stats["heldout_tokens_per_word"] == pytest.approx(tokens / stats["heldout_words"])
+    used = {i for doc in ids for i in doc}
+    assert stats["heldout_vocab_used_fraction"] == pytest.approx(len(used) / 1000)
+    # English prose at a 1000-token vocabulary: between characters and whole words.
+    assert 2.0 < stats["heldout_bytes_per_token"] < 4.0
+    # Trained without the val documents: a different vocabulary than with them.
+    with_val = train_tokenizer(docs_dir, tmp_path / "all", TokenizerConfig(vocab_size=1000))
+    assert with_val["counts"]["documents"] == len(docs)
+    assert (tmp_path / "tokenizer.json").read_bytes() != (
+        tmp_path / "all" / "tokenizer.json"
+    ).read_bytes()
 
 
 def test_empty_folder_is_an_error(tmp_path):

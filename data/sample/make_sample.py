@@ -12,6 +12,9 @@ files listed in data/sample/README.md. Out, next to this script:
 - ftfy_text_snippets.jsonl          ftfy's test cases: short real-world strings, many with
                                     mojibake (set, label, text); most are too short for the
                                     clean stage, which shows its rules at work.
+- hellaswag_val_sample.jsonl        40 HellaSwag validation questions in the generic
+                                    multiple-choice format (id, context, choices, label), the
+                                    context built as lm-evaluation-harness builds HellaSwag's.
 
 Usage: python data/sample/make_sample.py [SHARED_DATA_DIR]
 The outputs are byte-for-byte deterministic (the gzip header carries no name or time).
@@ -29,57 +32,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SHARED = Path("/work/shared/data")
+sys.path.insert(0, str(HERE.parent.parent))  # the repository, for the rules shared with pipeline/
+
+from pipeline.evaluate.tasks import hellaswag_context, hellaswag_preprocess  # noqa: E402
+from pipeline.evaluate.wikitext import (  # noqa: E402
+    ARTICLE_HEADING,
+    LOWERCASE_FIRST_WORD,
+    detokenize_wikitext,
+)
 
 # ------------------------------------------------------------------------------ WikiText-2
 
-# The replacements of the WikiText detokenizer that lm-evaluation-harness (and Megatron-LM)
-# apply before scoring perplexity on whole articles: undo the " @-@ " style number
-# separators and the spaces the tokenizer put around punctuation and brackets.
-WIKITEXT_LITERAL_FIXES = [
-    ("s '", "s'"),
-    (" @-@ ", "-"),
-    (" @,@ ", ","),
-    (" @.@ ", "."),
-    (" : ", ": "),
-    (" ; ", "; "),
-    (" . ", ". "),
-    (" ! ", "! "),
-    (" ? ", "? "),
-    (" , ", ", "),
-]
-WIKITEXT_BRACKET_FIXES = [
-    (re.compile(r"\(\s*([^\)]*?)\s*\)"), r"(\1)"),
-    (re.compile(r"\[\s*([^\]]*?)\s*\]"), r"[\1]"),
-    (re.compile(r"{\s*([^}]*?)\s*}"), r"{\1}"),
-    (re.compile(r"\"\s*([^\"]*?)\s*\""), r'"\1"'),
-    (re.compile(r"'\s*([^']*?)\s*'"), r"'\1'"),
-]
-WIKITEXT_TAIL_FIXES = [
-    ("= = = =", "===="),
-    ("= = =", "==="),
-    ("= =", "=="),
-    (" \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
-    (" \n", "\n"),
-    ("\n ", "\n"),
-    (" N ", " 1 "),
-    (" 's", "'s"),
-]
-# A top-level heading (" = Title = ") starts an article; " = = Section = = " does not.
-ARTICLE_HEADING = re.compile(r"^ = ([^=].*?) = $")
-# WikiText also breaks equations such as "ωc = 1 rad / s and ... k = 1 Ω" across lines, which
-# leaves " = 1 rad / s and a nominal impedance k = " looking like a heading. Article titles
-# start with a capital (after any leading number), so a lowercase first word is not a title.
-LOWERCASE_FIRST_WORD = re.compile(r"^[\d\W]*[a-z]")
-
-
-def detokenize_wikitext(text: str) -> str:
-    for old, new in WIKITEXT_LITERAL_FIXES:
-        text = text.replace(old, new)
-    for pattern, replacement in WIKITEXT_BRACKET_FIXES:
-        text = pattern.sub(replacement, text)
-    for old, new in WIKITEXT_TAIL_FIXES:
-        text = text.replace(old, new)
-    return text
+# The WikiText detokenizer and heading rules live in pipeline/evaluate/wikitext.py (the
+# same rules lm-evaluation-harness applies before scoring perplexity on whole articles).
 
 
 def wikitext_articles(raw_path: Path) -> list[dict[str, str]]:
@@ -182,6 +147,26 @@ def ftfy_snippets(raw_path: Path) -> list[dict[str, str]]:
     return rows
 
 
+# -------------------------------------------------------------------------------- HellaSwag
+
+HELLASWAG_SAMPLE_SIZE = 40
+
+
+def hellaswag_sample(raw_path: Path) -> list[dict]:
+    """The last questions of the shared HellaSwag validation file (the quickstart's `hellaswag`
+    task scores the first ones), as generic multiple-choice records."""
+    rows = [json.loads(line) for line in gzip.decompress(raw_path.read_bytes()).splitlines()]
+    return [
+        {
+            "id": f"hellaswag-val-{row['ind']}",
+            "context": hellaswag_context(row),
+            "choices": [hellaswag_preprocess(ending) for ending in row["endings"]],
+            "label": int(row["label"]),
+        }
+        for row in rows[-HELLASWAG_SAMPLE_SIZE:]
+    ]
+
+
 def main(shared: Path = DEFAULT_SHARED) -> None:
     articles = wikitext_articles(shared / "lm/wikitext-2-raw/wiki.test.raw.gz")
     write_jsonl_gz(articles, HERE / "wikitext2_test_articles.jsonl.gz")
@@ -196,8 +181,13 @@ def main(shared: Path = DEFAULT_SHARED) -> None:
         "".join(json.dumps(r) + "\n" for r in snippets),
         encoding="ascii",
     )
+    questions = hellaswag_sample(shared / "eval/hellaswag/hellaswag_val_shared.jsonl.gz")
+    (HERE / "hellaswag_val_sample.jsonl").write_text(
+        "".join(json.dumps(q) + "\n" for q in questions), encoding="ascii"
+    )
     print(
-        f"wrote {len(articles)} WikiText articles, {len(chapters)} Botchan blocks, "
+        f"wrote {len(questions)} HellaSwag questions, "
+        f"{len(articles)} WikiText articles, {len(chapters)} Botchan blocks, "
         f"{len(rows)} SQuAD rows ({len({r['context'] for r in rows})} distinct contexts), "
         f"{len(snippets)} ftfy snippets"
     )

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 GLOB_CHARS = frozenset("*?[")
 # Files above this size are fingerprinted by size and mtime: hashing a multi-GB dump on
@@ -31,6 +31,10 @@ FOLDER_SUFFIXES = {
     "csv": (".csv", ".tsv", ".csv.gz", ".tsv.gz"),
     "parquet": (".parquet", ".pq"),
     "text": (".txt", ".text", ".md", ".txt.gz", ".text.gz", ".md.gz"),
+    "warc": (".warc", ".warc.gz", ".arc", ".arc.gz"),
+    "html": (".html", ".htm", ".xhtml", ".html.gz", ".htm.gz", ".xhtml.gz"),
+    "feed": (".rss", ".atom", ".xml", ".rdf", ".json", ".rss.gz", ".atom.gz", ".xml.gz"),
+    "hf": (".parquet", ".jsonl", ".json", ".csv", ".arrow", ".jsonl.gz", ".json.gz", ".csv.gz"),
 }
 
 
@@ -39,7 +43,7 @@ class SourceFiles:
     """The files a source matched, or why it matched none."""
 
     resolved: str  # the path pattern after resolving it against base_dir
-    files: list[Path] = field(default_factory=list)
+    files: list[Any] = field(default_factory=list)  # Paths, or fsspec URL strings
     names: list[str] = field(default_factory=list)  # display names, parallel to files
     problem: str | None = None  # "missing_path" | "no_files" | "unsupported_path"
     detail: str = ""
@@ -67,8 +71,8 @@ def _is_hidden(relative: Path) -> bool:
 def match_source_files(source_type: str, path: str, base_dir: str | Path) -> SourceFiles:
     """Expand a source path into files, sorted by display name for a deterministic order."""
     resolved = resolve_source_path(path, base_dir)
-    if "://" in resolved:
-        return SourceFiles(resolved, problem="unsupported_path", detail="remote URLs are not read")
+    if is_url(resolved):
+        return _match_url_files(source_type, resolved)
     if any(ch in GLOB_CHARS for ch in resolved):
         files = [Path(p) for p in glob(resolved, recursive=True) if Path(p).is_file()]
         if not files:
@@ -97,20 +101,71 @@ def match_source_files(source_type: str, path: str, base_dir: str | Path) -> Sou
     return SourceFiles(resolved, files=[f for _, f in named], names=[n for n, _ in named])
 
 
-def open_binary(file: Path) -> IO[bytes]:
+def is_url(path: Any) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+def _match_url_files(source_type: str, url: str) -> SourceFiles:
+    """Files behind an fsspec URL (file://, s3://, https://, ...): a file, a folder or a glob.
+
+    Their display names are the URLs themselves."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        if any(ch in GLOB_CHARS for ch in root):
+            paths = [p for p in fs.glob(root) if fs.isfile(p)]
+        elif fs.isdir(root):
+            suffixes = FOLDER_SUFFIXES[source_type]
+            paths = [
+                p
+                for p in fs.find(root)
+                if p.lower().endswith(suffixes)
+                and not _is_hidden(Path(p[len(root.rstrip("/")) :].lstrip("/")))
+            ]
+        elif fs.exists(root):
+            paths = [root]
+        else:
+            return SourceFiles(url, problem="missing_path", detail="no such file or folder")
+        urls = sorted(fs.unstrip_protocol(p) for p in paths)
+    except (ImportError, ValueError, OSError) as exc:
+        return SourceFiles(url, problem="unreadable_path", detail=f"{type(exc).__name__}: {exc}")
+    if not urls:
+        return SourceFiles(url, problem="no_files", detail="the URL matched no files")
+    return SourceFiles(url, files=urls, names=urls)
+
+
+def file_name(file: Any) -> str:
+    return file.rsplit("/", 1)[-1] if is_url(file) else Path(file).name
+
+
+def open_raw(file: Any) -> IO[bytes]:
+    """The file's bytes as stored (no decompression); a local path or an fsspec URL."""
+    if is_url(file):
+        import fsspec
+
+        return fsspec.open(file, "rb").open()
+    return Path(file).open("rb")
+
+
+def open_binary(file: Any) -> IO[bytes]:
     """The file's bytes, gunzipped on the fly when its name ends in .gz."""
-    if file.name.lower().endswith(".gz"):
-        return gzip.open(file, "rb")
-    return file.open("rb")
+    gz = file_name(file).lower().endswith(".gz")
+    if is_url(file):
+        import fsspec
+
+        return fsspec.open(file, "rb", compression="gzip" if gz else None).open()
+    return gzip.open(file, "rb") if gz else Path(file).open("rb")
 
 
-def decoded_lines(handle: IO[bytes]) -> Iterator[tuple[int, str, bool]]:
-    """(line number from 1, text with its line ending, whether it held invalid UTF-8).
+def decoded_lines(handle: Any, first_line: int = 1) -> Iterator[tuple[int, str, bool]]:
+    """(line number from `first_line`, text with its line ending, whether it held invalid
+    UTF-8), for a binary handle or any iterable of byte lines.
 
     Each line is decoded on its own so one bad byte costs one line a U+FFFD, not the file;
     a UTF-8 byte-order mark at the start of the file is dropped.
     """
-    for number, raw in enumerate(handle, 1):
+    for number, raw in enumerate(handle, first_line):
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8) :]
         try:
@@ -119,8 +174,16 @@ def decoded_lines(handle: IO[bytes]) -> Iterator[tuple[int, str, bool]]:
             yield number, raw.decode("utf-8", errors="replace"), True
 
 
-def file_content_digest(file: Path) -> str:
-    """blake2b of the bytes on disk (streamed); size and mtime for very large files."""
+def file_content_digest(file: Any) -> str:
+    """blake2b of the bytes on disk (streamed); size and mtime for very large files and for
+    remote URLs (an ETag or a checksum where the filesystem gives one)."""
+    if is_url(file):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(file)
+        info = fs.info(path)
+        keys = ("ETag", "etag", "md5", "checksum", "mtime", "LastModified", "last_modified")
+        return json.dumps({k: str(info[k]) for k in keys if k in info}, sort_keys=True)
     stat = file.stat()
     if stat.st_size > CONTENT_HASH_LIMIT:
         return f"size={stat.st_size},mtime_ns={stat.st_mtime_ns}"
@@ -129,6 +192,15 @@ def file_content_digest(file: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_size(file: Any) -> int:
+    if is_url(file):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(file)
+        return int(fs.size(path) or 0)
+    return Path(file).stat().st_size
 
 
 def source_input_fingerprint(sources: list, base_dir: str | Path) -> list[str]:
@@ -147,7 +219,7 @@ def source_input_fingerprint(sources: list, base_dir: str | Path) -> list[str]:
             files = []
             for name, file in zip(matched.names, matched.files, strict=True):
                 try:
-                    files.append([name, file.stat().st_size, file_content_digest(file)])
+                    files.append([name, file_size(file), file_content_digest(file)])
                 except OSError as exc:
                     files.append([name, None, f"unreadable: {exc.strerror or exc}"])
         payload = json.dumps(

@@ -48,10 +48,36 @@ class ReadProblem:
 ReadItem = RawRecord | ReadProblem
 
 
-def read_jsonl(source: JsonlSource, file: Path, name: str) -> Iterator[ReadItem]:
+@dataclass(frozen=True)
+class ByteSpan:
+    """Part of an uncompressed line file: bytes [start, end), whose first line is `first_line`."""
+
+    start: int
+    end: int
+    first_line: int
+
+
+def _span_lines(handle: Any, span: ByteSpan) -> Iterator[bytes]:
+    handle.seek(span.start)
+    position = span.start
+    while position < span.end:
+        line = handle.readline()
+        if not line:
+            return
+        position += len(line)
+        yield line
+
+
+def read_jsonl(
+    source: JsonlSource, file: Path, name: str, span: ByteSpan | None = None
+) -> Iterator[ReadItem]:
     """One record per non-blank line; each line must be a JSON object."""
     with open_binary(file) as handle:
-        for number, line, invalid_utf8 in decoded_lines(handle):
+        if span is None:
+            lines = decoded_lines(handle)
+        else:
+            lines = decoded_lines(_span_lines(handle, span), span.first_line)
+        for number, line, invalid_utf8 in lines:
             if not line.strip():
                 continue
             locator = f"{name}:{number}"
@@ -186,16 +212,21 @@ READERS: dict[str, Callable[[Any, Path, str], Iterator[ReadItem]]] = {
 }
 
 
-def read_source_file(source: Any, file: Path, name: str) -> Iterator[ReadItem]:
+def read_source_file(
+    source: Any, file: Path, name: str, span: ByteSpan | None = None
+) -> Iterator[ReadItem]:
     """A reader's items, with file-level failures turned into problems instead of exceptions.
 
     What was read before a failure (e.g. the lines before a gzip is cut short) is kept; the
-    problem's locator says where reading stopped. A file that yields nothing is reported too.
+    problem's locator says where reading stopped. A file that yields nothing is reported too
+    (a span of a split file that holds only blank lines is not).
     """
     last_locator = None
     produced = 0
+    reader = READERS[source.type]
+    items = reader(source, file, name) if span is None else reader(source, file, name, span)
     try:
-        for item in READERS[source.type](source, file, name):
+        for item in items:
             produced += 1
             last_locator = item.locator
             yield item
@@ -211,7 +242,7 @@ def read_source_file(source: Any, file: Path, name: str) -> Iterator[ReadItem]:
     except OSError as exc:
         yield ReadProblem("unreadable_file", _after(name, last_locator), str(exc))
         return
-    if produced == 0:
+    if produced == 0 and (span is None or span.start == 0):
         yield ReadProblem("empty_file", name, "the file holds no records")
 
 

@@ -1,33 +1,51 @@
 """The ingest stage: source configs in, document shards + quarantine + a manifest body out.
 
-Each source's files are read in order and every record goes straight into a `ShardWriter`, so
-memory holds one record (plus the set of 12-byte ids seen, to refuse duplicate ids). Nothing is
-dropped silently: a record or file that cannot become a document goes to `_quarantine.jsonl`
-with its reason, and the manifest counts it by reason and by source.
+1. Plan: the sources become numbered units of work (units.py); a feed source with `pages` gets
+   an index of its pages' URLs.
+2. Map: `ingest_unit` (module-level, so worker processes can run it) reads one unit and writes
+   its documents to `_units/NNNNN/part-*.parquet` and its refusals to `_units/NNNNN/
+   _quarantine.jsonl`; it returns its counts. Memory holds one record or page at a time.
+3. Merge: the units' documents are concatenated in unit order into `part-NNNNN.parquet` shards
+   of `max_docs_per_shard`, refusing ids already seen (12 bytes each); quarantines are joined in
+   the same order; counts are summed. The output is the same for any number of workers.
 
-Invalid UTF-8 is repaired, not refused: the bytes become U+FFFD and the document is kept,
-because one bad byte rarely spoils a whole record. Each repair is still logged in the
-quarantine file (reason `invalid_utf8`, detail names the kept document) and counted as
-`repaired_invalid_utf8`, apart from `quarantined`, which only counts what was refused.
+Every document gets a language from `langid.py` (unless its source mapped a `lang` field), the
+score in `meta.lang_score`. HTML (WARC responses, html files, feed items joined with their page)
+goes through `html.py`. Nothing is dropped silently: what cannot become a document is in the
+quarantine with its reason, and the manifest counts it by reason and by source. Some problems are
+repaired instead of refused (invalid UTF-8 replaced by U+FFFD, a feed whose broken XML was
+recovered): they are logged in the quarantine too and counted as `repaired_by_reason`.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import shutil
+import threading
 from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.documents import ShardWriter, document_id, make_document
-from pipeline.ingest.files import match_source_files
+import pyarrow.parquet as pq
+
+from pipeline.config import IngestConfig
+from pipeline.documents import ShardWriter, document_id, make_document, shard_paths
 from pipeline.ingest.readers import RawRecord, ReadProblem, read_source_file
-from pipeline.quarantine import Quarantine
+from pipeline.ingest.units import WEB_TYPES, Unit, plan_units
+from pipeline.parallel import Executor, SerialExecutor
+from pipeline.quarantine import QUARANTINE_FILE, Quarantine
 
 # Quarantine entries that note a repair of a kept document rather than a refusal.
-REPAIR_REASONS = frozenset({"invalid_utf8"})
+REPAIR_REASONS = frozenset({"invalid_utf8", "undecodable_bytes", "malformed_feed_recovered"})
 MAPPABLE_COLUMNS = ("id", "url", "title", "published", "lang")
 EXAMPLE_CHARS = 300
-MAX_EXAMPLES = 3
+MAX_EXAMPLES = 6
+UNITS_DIR = "_units"
+UNIT_PART_ROWS = 1 << 40  # one Parquet part per unit; the merge cuts the real shards
 
 
 def source_name(source: Any) -> str:
@@ -107,118 +125,447 @@ def _record_for_quarantine(item: RawRecord | ReadProblem) -> Any:
     return None
 
 
-class _IngestRun:
-    """The state of one ingest: the writers, the ids seen so far and the counts."""
+# ------------------------------------------------------------------------------ one unit
 
-    def __init__(self, writer: ShardWriter, quarantine: Quarantine, base_dir: str | Path):
+
+@dataclass(frozen=True)
+class UnitTask:
+    number: int
+    unit: Unit
+    source: Any
+    base_dir: str
+    out_dir: str  # this unit's own folder
+    settings: IngestConfig
+    page_index: str | None = None  # a PageIndex JSON file, for feeds with `pages`
+
+
+class _UnitSink:
+    """Where one unit's documents, refusals and repairs go, and its counts."""
+
+    def __init__(self, task: UnitTask, writer: ShardWriter, quarantine: Quarantine):
+        from pipeline.ingest.langid import LanguageIdentifier
+
+        self.task = task
+        self.name = source_name(task.source)
         self.writer = writer
         self.quarantine = quarantine
-        self.base_dir = base_dir
-        self.by_source: dict[str, dict[str, Any]] = {}
-        self.sources_without_files: list[str] = []
-        self.seen_ids: set[bytes] = set()  # 12 bytes an id: refuses a record read twice
-        self.examples: list[dict[str, Any]] = []
+        self.langid = LanguageIdentifier(task.settings.langid)
+        self.counts: Counter[str] = Counter()
+        self.languages: Counter[str] = Counter()
+        self.extractors: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.missing_mapped: Counter[str] = Counter()
         self.chars = 0
-        self.files = 0
+        self.example: dict[str, Any] | None = None
 
-    def refuse(self, name: str, problem: ReadProblem, record: Any = None) -> None:
+    def refuse(self, problem: ReadProblem, record: Any = None) -> None:
         self.quarantine.add(
             problem.reason,
-            source=name,
+            source=self.name,
             locator=problem.locator,
             detail=problem.detail,
             record=record if record is not None else problem.raw,
         )
-        self.by_source[name]["quarantined"] += 1
+        self.counts["quarantined"] += 1
 
-    def ingest_source(self, source: Any) -> None:
-        name = source_name(source)
-        counts = self.by_source.setdefault(
-            name, {"documents": 0, "quarantined": 0, "repaired_invalid_utf8": 0, "files": 0}
-        )
-        matched = match_source_files(source.type, source.path, self.base_dir)
-        if matched.problem:
-            self.sources_without_files.append(name)
-            detail = f"{matched.detail} ({matched.resolved})"
-            self.refuse(name, ReadProblem(matched.problem, source.path, detail))
-            return
-        # A mapped field that records lack (often a typo in `fields`) leaves the column
-        # empty; count it so the manifest shows it instead of silently losing titles.
-        missing_mapped: Counter[str] = Counter()
-        for file, file_name in zip(matched.files, matched.names, strict=True):
-            counts["files"] += 1
-            self.files += 1
-            for item in read_source_file(source, file, file_name):
-                if isinstance(item, ReadProblem):
-                    self.refuse(name, item)
-                    continue
-                doc, problem = record_to_document(source, name, item)
-                if problem is not None:
-                    self.refuse(name, problem, _record_for_quarantine(item))
-                    continue
-                key = bytes.fromhex(doc["id"])
-                if key in self.seen_ids:
-                    detail = f"id {doc['id']} was already given to an earlier record"
-                    problem = ReadProblem("duplicate_id", item.locator, detail)
-                    self.refuse(name, problem, _record_for_quarantine(item))
-                    continue
-                self.seen_ids.add(key)
-                if item.invalid_utf8:
-                    self.quarantine.add(
-                        "invalid_utf8",
-                        source=name,
-                        locator=item.locator,
-                        detail=f"invalid bytes replaced by U+FFFD; kept as document {doc['id']}",
-                        record=_record_for_quarantine(item),
-                    )
-                    counts["repaired_invalid_utf8"] += 1
-                missing_mapped.update(
-                    c for c, f in source.fields.items() if item.fields.get(f) is None
-                )
-                self.accept(name, doc, first_of_source=counts["documents"] == 0)
-        if missing_mapped:
-            counts["documents_missing_mapped_field"] = dict(sorted(missing_mapped.items()))
+    def repair(self, reason: str, locator: str, detail: str, record: Any = None) -> None:
+        self.quarantine.add(reason, source=self.name, locator=locator, detail=detail, record=record)
+        self.counts[f"repaired:{reason}"] += 1
 
-    def accept(self, name: str, doc: dict[str, Any], first_of_source: bool) -> None:
+    def accept(self, doc: dict[str, Any]) -> None:
+        if doc["lang"] is None and self.langid.enabled:
+            lang, score = self.langid.identify(doc["text"])
+            if lang is not None:
+                doc["lang"] = lang
+                meta = json.loads(doc["meta"])
+                meta["lang_score"] = score
+                doc["meta"] = json.dumps(meta, ensure_ascii=False, default=str)
+        self.languages[doc["lang"] or "unknown"] += 1
         self.writer.write(doc)
-        self.by_source[name]["documents"] += 1
+        self.counts["documents"] += 1
         self.chars += len(doc["text"])
-        if first_of_source and len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(
-                {
-                    "id": doc["id"],
-                    "title": doc["title"],
-                    "source": name,
-                    "text": doc["text"][:EXAMPLE_CHARS],
-                }
+        if self.example is None:
+            self.example = {
+                "id": doc["id"],
+                "source": self.name,
+                "lang": doc["lang"],
+                "title": doc["title"],
+                "url": doc["url"],
+                "text": doc["text"][:EXAMPLE_CHARS],
+            }
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "number": self.task.number,
+            "source": self.name,
+            "counts": dict(self.counts),
+            "languages": dict(self.languages),
+            "extractors": dict(self.extractors),
+            "skipped_records": dict(self.skipped),
+            "missing_mapped": dict(self.missing_mapped),
+            "files": len(self.task.unit.files),
+            "chars": self.chars,
+            "example": self.example,
+            "problem_only": self.task.unit.problem is not None,
+        }
+
+
+def _read_records(task: UnitTask, sink: _UnitSink) -> None:
+    """jsonl / csv / parquet / text / hf: records -> documents."""
+    source = task.source
+    if source.type == "hf":
+        from pipeline.ingest.hf import iter_hf_records
+
+        file = task.unit.files[0] if task.unit.files else None
+        items = iter_hf_records(source, task.base_dir, task.unit.hf_mode or "hub", file)
+    else:
+        name, file = task.unit.files[0]
+        items = read_source_file(source, file, name, task.unit.span)
+    for item in items:
+        if isinstance(item, ReadProblem):
+            sink.refuse(item)
+            continue
+        doc, problem = record_to_document(source, sink.name, item)
+        if problem is not None:
+            sink.refuse(problem, _record_for_quarantine(item))
+            continue
+        if item.invalid_utf8:
+            sink.repair(
+                "invalid_utf8",
+                item.locator,
+                f"invalid bytes replaced by U+FFFD; kept as document {doc['id']}",
+                _record_for_quarantine(item),
             )
+        sink.missing_mapped.update(
+            c for c, f in source.fields.items() if item.fields.get(f) is None
+        )
+        sink.accept(doc)
+
+
+def _page_document(
+    sink: _UnitSink, extractor: Any, page: Any, url: str | None, extra: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Extract one page into a document; refuse it (and return None) when it has no text."""
+    from pipeline.ingest.html import ExtractionFailed
+
+    try:
+        extracted = extractor.extract(page.data, page.charset)
+    except ExtractionFailed as exc:
+        sink.refuse(
+            ReadProblem(exc.reason, page.locator, exc.detail),
+            page.data[:2000].decode("utf-8", "replace"),
+        )
+        return None
+    sink.extractors[extracted.extractor] += 1
+    url = url or extracted.canonical_url
+    meta = {
+        "_locator": page.locator,
+        "extractor": extracted.extractor,
+        "author": extracted.author,
+        "lang_hint": extracted.lang_hint,
+        "encoding": extracted.encoding,
+        **page.meta,
+        **extra,
+    }
+    doc_id = document_id(sink.task.source.type, page.locator, url)
+    if extracted.replaced_bytes:
+        meta["_undecodable_bytes"] = True
+        sink.repair(
+            "undecodable_bytes",
+            page.locator,
+            f"bytes invalid in {extracted.encoding} replaced by U+FFFD; kept as document {doc_id}",
+        )
+    return make_document(
+        id=doc_id,
+        text=extracted.text,
+        source=sink.name,
+        url=url,
+        title=extracted.title,
+        published=extracted.published,
+        meta={k: v for k, v in meta.items() if v is not None},
+    )
+
+
+def _read_pages(task: UnitTask, sink: _UnitSink) -> None:
+    """warc / html: pages -> extracted documents."""
+    from pipeline.ingest.html import HtmlExtractor
+    from pipeline.ingest.web import (
+        Page,
+        iter_html_pages,
+        iter_warc_pages,
+        load_url_map,
+        source_root,
+    )
+
+    settings = task.settings.extraction
+    extractor = HtmlExtractor(settings)
+    if task.source.type == "warc":
+        pages: Any = (
+            item
+            for name, file in task.unit.files
+            for item in iter_warc_pages(file, name, settings.max_page_bytes, sink.skipped)
+        )
+    else:
+        urls = load_url_map(task.source, task.base_dir)
+        root = source_root(task.source.path, task.base_dir) if urls else None
+        pages = iter_html_pages(list(task.unit.files), settings.max_page_bytes, urls, root)
+    for page in pages:
+        if isinstance(page, ReadProblem):
+            sink.refuse(page)
+            continue
+        assert isinstance(page, Page)
+        doc = _page_document(sink, extractor, page, page.url, {})
+        if doc is not None:
+            sink.accept(doc)
+
+
+def _read_feeds(task: UnitTask, sink: _UnitSink) -> None:
+    """feed: items -> documents; an item with only a summary is joined with its page when the
+    source's `pages` has it."""
+    from pipeline.ingest.html import HtmlExtractor, fragment_text
+    from pipeline.ingest.web import FeedItem, PageIndex, RepairNote, iter_feed_items
+
+    settings = task.settings.extraction
+    extractor = HtmlExtractor(settings)
+    index = PageIndex.from_json(Path(task.page_index)) if task.page_index else None
+    for item in iter_feed_items(list(task.unit.files), settings.max_page_bytes):
+        if isinstance(item, ReadProblem):
+            sink.refuse(item)
+            continue
+        if isinstance(item, RepairNote):
+            sink.repair(item.reason, item.locator, item.detail)
+            continue
+        assert isinstance(item, FeedItem)
+        summary = fragment_text(item.summary_html or "")
+        meta: dict[str, Any] = {"_locator": item.locator, **item.meta, "author": item.author}
+        doc_id = document_id("feed", item.locator, item.link)
+        text = fragment_text(item.content_html) if item.content_html else ""
+        if text:
+            meta["text_from"] = "content"
+        else:
+            page = index.fetch(item.link, settings.max_page_bytes) if index and item.link else None
+            if page is not None:
+                joined = _page_document(sink, extractor, page, item.link, {})
+                if joined is not None:
+                    text = joined["text"]
+                    meta.update(text_from="page", page_locator=page.locator, summary=summary)
+            if not text:
+                text = summary
+                meta["text_from"] = "summary"
+        if not text:
+            problem = ReadProblem("empty_text", item.locator, "the item has no text")
+            sink.refuse(problem, {"title": item.title, "link": item.link})
+            continue
+        sink.accept(
+            make_document(
+                id=doc_id,
+                text=text,
+                source=sink.name,
+                url=item.link,
+                title=fragment_text(item.title) if item.title else None,
+                published=item.published,
+                meta={k: v for k, v in meta.items() if v is not None},
+            )
+        )
+
+
+def ingest_unit(task: UnitTask) -> dict[str, Any]:
+    """Read one unit into its own folder; return its counts (run in any process)."""
+    out = Path(task.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with ShardWriter(out, UNIT_PART_ROWS) as writer, Quarantine(out) as quarantine:
+        sink = _UnitSink(task, writer, quarantine)
+        if task.unit.problem is not None:
+            sink.refuse(task.unit.problem)
+        elif task.source.type in ("warc", "html"):
+            _read_pages(task, sink)
+        elif task.source.type == "feed":
+            _read_feeds(task, sink)
+        else:
+            _read_records(task, sink)
+    return sink.result()
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+class _OneWorkerProcess:
+    """Runs units in one spawned worker process: the per-page time limit needs a main
+    thread, which a stage called from an orchestrator's worker thread does not have."""
+
+    workers = 1
+
+    def map(self, fn: Callable[[Any], Any], units: Sequence[Any]) -> list[Any]:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return list(pool.map(fn, units))
+
+
+def _merge_source_counts(into: dict[str, Any], result: dict[str, Any]) -> None:
+    counts = result["counts"]
+    into["documents"] += counts.get("documents", 0)
+    into["quarantined"] += counts.get("quarantined", 0)
+    into["repaired_invalid_utf8"] += counts.get("repaired:invalid_utf8", 0)
+    into["files"] += result["files"]
+    for key, field in (
+        ("languages", "languages"),
+        ("extractors", "extractors"),
+        ("skipped_records", "skipped_records"),
+        ("documents_missing_mapped_field", "missing_mapped"),
+    ):
+        if result[field]:
+            merged = Counter(into.get(key, {}))
+            merged.update(result[field])
+            into[key] = dict(sorted(merged.items()))
 
 
 def run_ingest(
-    sources: list[Any], base_dir: str | Path, out_dir: Path, max_docs_per_shard: int
+    sources: list[Any],
+    base_dir: str | Path,
+    out_dir: Path,
+    settings: IngestConfig,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Read every source into document shards in `out_dir`; return the manifest body."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with ShardWriter(out_dir, max_docs_per_shard) as writer, Quarantine(out_dir) as quarantine:
-        run = _IngestRun(writer, quarantine, base_dir)
-        for source in sources:
-            run.ingest_source(source)
+    units_dir = out_dir / UNITS_DIR
+    if units_dir.exists():
+        shutil.rmtree(units_dir)
+    units_dir.mkdir()
 
-    refused_by_reason = {
-        reason: count
-        for reason, count in sorted(quarantine.counts.items())
-        if reason not in REPAIR_REASONS
-    }
+    page_indexes: dict[int, str] = {}
+    for index, source in enumerate(sources):
+        if source.type == "feed" and source.pages:
+            from pipeline.ingest.web import PageIndex
+
+            path = units_dir / f"pages-{index}.json"
+            PageIndex.build(source.pages, base_dir, settings.extraction.max_page_bytes).to_json(
+                path
+            )
+            page_indexes[index] = str(path)
+
+    units = plan_units(sources, base_dir, settings.split_bytes)
+    tasks = [
+        UnitTask(
+            number,
+            unit,
+            sources[unit.source_index],
+            str(base_dir),
+            str(units_dir / f"{number:05d}"),
+            settings,
+            page_indexes.get(unit.source_index),
+        )
+        for number, unit in enumerate(units)
+    ]
+    executor = executor or SerialExecutor()
+    needs_time_limit = any(s.type in WEB_TYPES for s in sources)
+    if (
+        needs_time_limit
+        and executor.workers == 1
+        and threading.current_thread() is not threading.main_thread()
+    ):
+        executor = _OneWorkerProcess()
+    results = executor.map(ingest_unit, tasks)
+
+    by_source: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        by_source.setdefault(
+            source_name(source),
+            {"documents": 0, "quarantined": 0, "repaired_invalid_utf8": 0, "files": 0},
+        )
+    sources_without_files: list[str] = []
+    examples: list[dict[str, Any]] = []
+    languages: Counter[str] = Counter()
+    extractors: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    chars = 0
+    seen_ids: set[bytes] = set()  # 12 bytes an id: refuses a record read twice
+    with (
+        ShardWriter(out_dir, settings.max_docs_per_shard) as writer,
+        Quarantine(out_dir) as quarantine,
+    ):
+        for task, result in zip(tasks, results, strict=True):
+            name = result["source"]
+            _merge_source_counts(by_source[name], result)
+            if result["problem_only"] and name not in sources_without_files:
+                sources_without_files.append(name)
+            languages.update(result["languages"])
+            extractors.update(result["extractors"])
+            skipped.update(result["skipped_records"])
+            chars += result["chars"]
+            unit_dir = Path(task.out_dir)
+            _copy_quarantine(unit_dir, quarantine)
+            for path in shard_paths(unit_dir):
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
+                    for doc in batch.to_pylist():
+                        key = bytes.fromhex(doc["id"])
+                        if key in seen_ids:
+                            _refuse_duplicate(doc, quarantine, by_source[name], languages)
+                            chars -= len(doc["text"])
+                            continue
+                        seen_ids.add(key)
+                        writer.write(doc)
+            example = result["example"]
+            if example and len(examples) < MAX_EXAMPLES:
+                if all(e["source"] != name for e in examples):
+                    examples.append(example)
+    shutil.rmtree(units_dir)
+
+    refused = {r: c for r, c in sorted(quarantine.counts.items()) if r not in REPAIR_REASONS}
+    repaired = {r: c for r, c in sorted(quarantine.counts.items()) if r in REPAIR_REASONS}
     return {
         "counts": {
             "documents": writer.count,
-            "quarantined": sum(refused_by_reason.values()),
-            "by_source": run.by_source,
-            "quarantined_by_reason": refused_by_reason,
-            "repaired_invalid_utf8": quarantine.counts.get("invalid_utf8", 0),
-            "sources_without_files": run.sources_without_files,
+            "quarantined": sum(refused.values()),
+            "by_source": by_source,
+            "quarantined_by_reason": refused,
+            "repaired_by_reason": repaired,
+            "repaired_invalid_utf8": repaired.get("invalid_utf8", 0),
+            "sources_without_files": sources_without_files,
+            "languages": {k: v for k, v in languages.most_common() if v > 0},
         },
-        "stats": {"chars": run.chars, "files": run.files, "shards": writer.shards},
-        "examples": run.examples,
+        "stats": {
+            "chars": chars,
+            "files": sum(c["files"] for c in by_source.values()),
+            "shards": writer.shards,
+            "units": len(units),
+            "extractors": dict(sorted(extractors.items())),
+            "skipped_records": dict(sorted(skipped.items())),
+        },
+        "examples": examples,
     }
+
+
+def _copy_quarantine(unit_dir: Path, quarantine: Quarantine) -> None:
+    path = unit_dir / QUARANTINE_FILE
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            entry = json.loads(line)
+            quarantine.add(
+                entry["reason"],
+                source=entry["source"],
+                locator=entry["locator"],
+                detail=entry["detail"],
+                record=entry["record"],
+            )
+
+
+def _refuse_duplicate(
+    doc: dict[str, Any], quarantine: Quarantine, counts: dict[str, Any], languages: Counter
+) -> None:
+    locator = json.loads(doc["meta"]).get("_locator", "")
+    quarantine.add(
+        "duplicate_id",
+        source=doc["source"],
+        locator=locator,
+        detail=f"id {doc['id']} was already given to an earlier record",
+        record=doc["text"][:500],
+    )
+    counts["documents"] -= 1
+    counts["quarantined"] += 1
+    languages[doc["lang"] or "unknown"] -= 1
+    if counts.get("languages", {}).get(doc["lang"] or "unknown"):
+        counts["languages"][doc["lang"] or "unknown"] -= 1

@@ -1,19 +1,31 @@
-"""A GPT-2 style language model in one readable file (after nanoGPT's model.py).
+"""A GPT language model in one readable file (after nanoGPT's model.py), in two architectures.
 
-In: a `GPTConfig` (vocabulary size, context length, depth, width, ...).
+In: a `GPTConfig` (vocabulary size, context length, depth, width, architecture, ...).
 Out: `GPT`, an `nn.Module` that maps token ids (B, T) to next-token logits (B, T, vocab) and,
-given targets, a mean cross-entropy loss; `generate` samples continuations; `flops_per_token`
-gives the training FLOPs estimate used for MFU.
+given targets, a mean cross-entropy loss; `generate` samples continuations with a KV cache;
+`num_params` and `flops_per_token` give the size and the training FLOPs estimate used for MFU.
 
-Architecture: learned token and position embeddings, pre-LayerNorm blocks of causal
-self-attention (`F.scaled_dot_product_attention`) and a GELU MLP, a final LayerNorm and a linear
-head (by default sharing its weight with the token embedding). Initialisation follows GPT-2:
-N(0, 0.02) everywhere, with the residual output projections scaled by 1/sqrt(2 * n_layer).
+Architectures (`GPTConfig.arch`):
+  - `gpt2`: learned token and position embeddings, pre-LayerNorm blocks, a GELU MLP (4x wide),
+    biases (GPT-2 / nanoGPT).
+  - `llama`: no position embedding but rotary embeddings (RoPE) on queries and keys, RMSNorm,
+    a SwiGLU MLP (silu(gate(x)) * up(x), 8/3 x wide so the parameter count matches the GELU
+    MLP), no biases (Llama).
+Both use causal self-attention through `F.scaled_dot_product_attention` (flash / memory-efficient
+kernels where the device has them) and a linear head that by default shares its weight with the
+token embedding. Initialisation follows GPT-2: N(0, 0.02) everywhere, with the projections into
+the residual stream scaled by 1/sqrt(2 * n_layer).
+
+Parameter names follow GPT-2 (`transformer.wte`, `transformer.h.{i}.attn.c_attn` = fused q,k,v,
+`attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`, `ln_1`, `ln_2`, `transformer.ln_f`, `lm_head`); the llama
+MLP adds `mlp.c_gate` (Llama's gate_proj; `c_fc` is up_proj, `c_proj` down_proj). RoPE uses the
+rotate-half convention of Hugging Face's Llama, so q/k weights export without permutation.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # target id that contributes no loss (padding, masked prompts)
+ARCHITECTURES = ("gpt2", "llama")
 
 
 @dataclass
@@ -34,19 +47,58 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    arch: str = "gpt2"
+    mlp_hidden: int | None = None  # None: 4 * n_embd (gpt2), int(8 * n_embd / 3) (llama)
+    rope_base: float = 10_000.0
+    norm_eps: float = 1e-5
+    activation: str = "gelu"  # gpt2 MLP: "gelu" (exact) or "gelu_tanh" (OpenAI GPT-2)
+    init: str = "gpt2"  # "gpt2", or "zero_out": residual output projections start at zero
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {self.arch!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("llama (RoPE) needs an even head size (n_embd / n_head)")
+        if self.init not in ("gpt2", "zero_out"):
+            raise ValueError(f"init must be gpt2 or zero_out, not {self.init!r}")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 4 * self.n_embd if self.arch == "gpt2" else int(8 * self.n_embd / 3)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
 
     @classmethod
     def from_model_config(cls, model_config: Any, vocab_size: int) -> GPTConfig:
         """From `pipeline.config.ModelConfig` (or any object/dict with the same fields)."""
-        fields = model_config if isinstance(model_config, dict) else model_config.model_dump()
+        fields = dict(model_config if isinstance(model_config, dict) else model_config.model_dump())
+        if fields.get("bias") is None:  # the architecture's default
+            fields["bias"] = fields.get("arch", "gpt2") == "gpt2"
         return cls(vocab_size=vocab_size, **fields)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ---------------------------------------------------------------------------------- pieces
+
+
+def rope_tables(config: GPTConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, (length, head_dim), rotate-half layout."""
+    half = config.head_dim // 2
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, half, dtype=torch.float32) / half))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) queries or keys by their positions' angles (cos, sin: (T, D))."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -59,85 +111,159 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:  # generation: keep this step's keys/values, attend to all so far
+            k_cache, v_cache = cache
+            k_cache[:, :, start_pos : start_pos + T] = k
+            v_cache[:, :, start_pos : start_pos + T] = v
+            k, v = k_cache[:, :, : start_pos + T], v_cache[:, :, : start_pos + T]
+        # A block of T > 1 new tokens starts at position 0 (training, a prefill): causal mask.
+        # One new token attends to every cached position: no mask.
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
+    """GELU MLP (gpt2)."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class SwiGLU(nn.Module):
+    """SwiGLU MLP (llama): c_proj(silu(c_gate(x)) * c_fc(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.silu(self.c_gate(x)) * self.c_fc(x)))
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.arch == "llama":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = SwiGLU(config) if config.arch == "llama" else MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, start_pos)
         return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """Keys and values of every layer for generation: (n_layer, B, n_head, block_size, head_dim)."""
+
+    def __init__(self, config: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype):
+        shape = (config.n_layer, batch, config.n_head, config.block_size, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[i], self.v[i]
+
+
+# ------------------------------------------------------------------------------------ model
 
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        modules: dict[str, nn.Module] = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.arch == "gpt2":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=make_norm(config),
         )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        if config.arch == "llama":
+            # derived from the config, so not saved (persistent=False)
+            cos, sin = rope_tables(config, config.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
 
-        self.apply(self._init_weights)
-        # GPT-2: scale the projections into the residual stream by 1/sqrt(2 * n_layer), so the
-        # residual's variance does not grow with depth.
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation (also usable after building the model on the meta device)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, nn.LayerNorm | nn.RMSNorm):
+                module.reset_parameters()
+        # Scale the projections into the residual stream by 1/sqrt(2 * n_layer), so the
+        # residual's variance does not grow with depth. `zero_out` starts them at zero (each
+        # block begins as the identity, as in modded-nanogpt).
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if self.config.init == "zero_out":
+                    nn.init.zeros_(param)
+                else:
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+        if self.config.arch == "llama" and self.rope_cos.device.type != "meta":
+            self.rope_cos, self.rope_sin = (
+                t.to(self.rope_cos.device) for t in rope_tables(self.config, self.config.block_size)
+            )
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; `non_embedding` leaves out the lookup-only embeddings.
 
-        The position embedding is always a lookup. The token embedding is a lookup too, unless
-        it is tied to the head, where it is also the output matmul and so counts.
+        The position embedding (gpt2) is always a lookup. The token embedding is a lookup too,
+        unless it is tied to the head, where it is also the output matmul and so counts.
         """
         total = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
         if non_embedding:
-            total -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                total -= self.transformer.wpe.weight.numel()
             if not self.config.tie_embeddings:
                 total -= self.transformer.wte.weight.numel()
         return total
@@ -149,20 +275,40 @@ class GPT(nn.Module):
         scores and values (PaLM appendix B; causality not discounted).
         """
         c = self.config
-        head_dim = c.n_embd // c.n_head
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * head_dim * c.block_size
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids, T <= block_size. Returns (logits (B, T, V), loss or None)."""
+        """idx: (B, T) token ids at positions start_pos.. (<= block_size in all).
+
+        Returns (logits (B, T, V), mean cross-entropy against targets or None). With a `cache`,
+        the keys and values of these positions are stored in it (generation).
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        if start_pos + T > self.config.block_size:
+            raise ValueError(
+                f"sequence length {start_pos + T} exceeds block_size {self.config.block_size}"
+            )
+        if cache is not None and T > 1 and start_pos != 0:
+            raise ValueError("a block of several tokens can only be cached from position 0")
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.arch == "gpt2":
+            pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = (
+                self.rope_cos[start_pos : start_pos + T],
+                self.rope_sin[start_pos : start_pos + T],
+            )
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache.layer(i) if cache is not None else None, start_pos)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
@@ -173,6 +319,8 @@ class GPT(nn.Module):
             )
         return logits, loss
 
+    # ------------------------------------------------------------------------------ sampling
+
     @torch.no_grad()
     def generate(
         self,
@@ -182,31 +330,80 @@ class GPT(nn.Module):
         top_k: int | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        *,
+        top_p: float | None = None,
+        stop_ids: Iterable[int] = (),
+        seed: int | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Append up to `max_new_tokens` sampled ids to each row of idx (B, T); returns (B, T + n).
 
-        temperature 0 picks the most likely token (greedy). With `eos_id`, a row that has
-        produced it keeps receiving eos_id, and generation stops once every row has. The context
-        is cropped to the last block_size tokens (no KV cache: each step recomputes).
+        temperature 0 picks the most likely token (greedy); otherwise the logits are divided by
+        the temperature, cut to the `top_k` most likely tokens and to the smallest set whose
+        probability reaches `top_p` (nucleus), and sampled with `generator` (or a new one seeded
+        with `seed`). A row that produces `eos_id` or one of `stop_ids` is finished: it keeps
+        receiving that stop token, and generation ends once every row is.
+
+        The KV cache holds up to block_size positions; when it is full, the oldest quarter of
+        the context is dropped and the cache is rebuilt from the rest (a sliding window that
+        moves in jumps). `use_cache=False` recomputes the last block_size tokens every step.
         """
+        stops = ([eos_id] if eos_id is not None else []) + [int(s) for s in stop_ids]
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=idx.device).manual_seed(seed)
+        block = self.config.block_size
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        stop_tensor = torch.tensor(stops, dtype=idx.dtype, device=idx.device)
+        cache: KVCache | None = None
+        cached = 0  # positions held in the cache
+        # `self.forward`, not `self(...)`: a model compiled in place for training would
+        # recompile for every generation shape; sampling runs eagerly.
+        forward = self.forward
         for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]
-            logits, _ = self(context)
-            logits = logits[:, -1, :].float()
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
+            if not use_cache:
+                logits, _ = forward(idx[:, -block:])
+            elif cache is None or cached >= block:
+                # (re)fill: the whole context on the first step, then the last 3/4 of a block
+                keep = block if cache is None else max(1, block - block // 4)
+                context = idx[:, -keep:]
+                if cache is None:
+                    dtype = next(self.parameters()).dtype
+                    cache = KVCache(self.config, idx.size(0), idx.device, dtype)
+                logits, _ = forward(context, cache=cache, start_pos=0)
+                cached = context.size(1)
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
-            if eos_id is not None:
-                next_id = next_id.masked_fill(finished.unsqueeze(1), eos_id)
-                finished |= next_id.squeeze(1) == eos_id
+                logits, _ = forward(idx[:, -1:], cache=cache, start_pos=cached)
+                cached += 1
+            next_id = self._sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            if stops:  # a finished row repeats the stop token it ended with
+                next_id = torch.where(finished.unsqueeze(1), idx[:, -1:], next_id)
+                finished |= torch.isin(next_id.squeeze(1), stop_tensor)
             idx = torch.cat((idx, next_id), dim=1)
-            if eos_id is not None and bool(finished.all()):
+            if stops and bool(finished.all()):
                 break
         return idx
+
+    @staticmethod
+    def _sample(
+        logits: torch.Tensor,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """One id per row from (B, V) logits: greedy at temperature 0, else top-k/top-p sampling."""
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            # drop a token when the ones before it already reach top_p (the first always stays)
+            drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+            drop = drop_sorted.scatter(1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator)

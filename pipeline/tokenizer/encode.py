@@ -1,166 +1,315 @@
-"""Encoding documents into train and val token shards.
+"""Encoding documents into train and val token shards, in parallel, byte-identically.
 
-In: a folder of document shards (`part-*.parquet`), a trained `tokenizer.json` and a
-`ShardsConfig`. Out, in `out_dir`: `train-00000.bin`, ... and `val-00000.bin`, ... in the
-format of `pipeline.tokenizer.token_shards` (each document's ids followed by the end-of-text
-id), and a manifest body with per-split document, token and UTF-8 byte counts.
+In: a folder of document shards (`part-*.parquet`), a `tokenizer.json` and a `ShardsConfig`.
+Out, in `out_dir`: `train-00000.bin`, ... and `val-00000.bin`, ... in the format of
+`pipeline.tokenizer.token_shards` (each document's ids followed by the end-of-text id), and a
+manifest body with per-split documents, tokens, UTF-8 bytes and tokenizer measures.
 
-A document goes to val when a hash of its id falls below `val_fraction`: the split depends on
-the id alone, never on position, so the same document lands in the same split on every run and
-never in both. Texts are encoded in batches with `encode_batch`, which runs on all cores.
+How it runs:
+- The documents are cut into units of work: runs of consecutive Parquet row groups of about
+  `shards.docs_per_unit` documents. `executor.map` encodes the units (in this process or in
+  worker processes); each unit writes its own raw part files (`.parts/00007-train.bin`, ...).
+  The parts are then concatenated in unit order into shards of `tokens_per_shard` ids, so the
+  shards are byte-identical for any executor, number of workers, or unit size.
+- Which split a document goes to: `pipeline.tokenizer.splits` (a hash of its id).
+- The encoder (`pipeline.tokenizer.text_encoder`): tiktoken when the tokenizer can be expressed
+  in it (`shards.encoder: auto`), else `tokenizers`. In `auto`, a sample of documents is also
+  encoded with `tokenizers` (those whose id hashes to 0 modulo k, with k chosen so that about
+  `CHECKED_DOCUMENTS` are, never fewer than 1 in 100, and all of a small corpus); if any ids
+  differ, all units are encoded again with `tokenizers`. The sample depends on the ids alone, so
+  the choice (recorded as `stats.encoder`) is the same on every run.
+- Token counts include the end-of-text separators, as the shards do: `bytes_per_token_val` is
+  the ratio the evaluation's bits per byte needs. The share of the vocabulary used is measured
+  on both streams, words per token on val (see `pipeline.tokenizer.metrics`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import multiprocessing
+import os
+import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.config import ShardsConfig
-from pipeline.documents import iter_batches
-from pipeline.tokenizer.token_shards import TokenShardWriter, split_paths
-from pipeline.tokenizer.train_bpe import EOT_TOKEN, count_documents, load_tokenizer
+from pipeline.documents import shard_paths
+from pipeline.parallel import Executor, SerialExecutor
+from pipeline.tokenizer.metrics import TokenTally, count_words, utf8_bytes
+from pipeline.tokenizer.splits import SPLITS, DocumentSplit
+from pipeline.tokenizer.text_encoder import (
+    EOT_TOKEN,
+    TextEncoder,
+    cached_encoder,
+    first_difference,
+    tokenizer_file,
+)
+from pipeline.tokenizer.token_shards import TokenShardWriter, dtype_for_vocab, split_paths
 
-CODE_VERSION = 1  # bump when the shards would change for the same input and config
-SPLITS = ("train", "val")
+CHECKED_DOCUMENTS = 200  # auto encoder: documents also encoded with `tokenizers` (about)
+MAX_CHECK_ONE_IN = 100  # and never fewer than 1 in 100 documents
+COPY_CHUNK_TOKENS = 1 << 24  # tokens per read when concatenating parts into shards
+PARTS_DIR = ".parts"
 
 log = logging.getLogger(__name__)
 
 
-def id_hash_fraction(doc_id: str) -> float:
-    """A document id mapped to [0, 1), uniformly and the same on every machine and run."""
-    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+@dataclass(frozen=True)
+class EncodeUnit:
+    """Consecutive row groups of one document shard, and everything needed to encode them."""
 
+    index: int
+    path: str
+    row_groups: tuple[int, ...]
+    tokenizer: str
+    parts_dir: str
+    split: DocumentSplit
+    backend: str  # "tokenizers" or "tiktoken"
+    check_one_in: int  # compare 1 in k documents with `tokenizers`; 0: none
+    threads: int
+    batch_size: int
 
-def split_by_hash(doc_id: str, val_fraction: float) -> str:
-    return "val" if id_hash_fraction(doc_id) < val_fraction else "train"
-
-
-def plan_split_overrides(docs_dir: Path, val_fraction: float) -> dict[str, str]:
-    """Ids whose split the hash rule must not decide, so neither split is empty.
-
-    On a tiny corpus the hash can put every document on one side. Then the document with the
-    smallest hash goes to val (or the one with the largest to train): still a function of the
-    ids alone. One document only: it goes to train, and val stays empty. Reads the id column.
-    """
-    lowest: tuple[float, str] | None = None
-    highest: tuple[float, str] | None = None
-    has_val = has_train = False
-    for batch in iter_batches(docs_dir, columns=["id"]):
-        for doc_id in batch.column(0).to_pylist():
-            fraction = id_hash_fraction(doc_id)
-            has_val |= fraction < val_fraction
-            has_train |= fraction >= val_fraction
-            lowest = min(lowest, (fraction, doc_id)) if lowest else (fraction, doc_id)
-            highest = max(highest, (fraction, doc_id)) if highest else (fraction, doc_id)
-    if lowest is None or highest is None:
-        return {}
-    if lowest[1] == highest[1]:  # one distinct id: nothing to split
-        return {lowest[1]: "train"}
-    overrides = {}
-    if not has_val:
-        overrides[lowest[1]] = "val"
-    if not has_train:
-        overrides[highest[1]] = "train"
-    return overrides
+    def part(self, split: str) -> Path:
+        return Path(self.parts_dir) / f"{self.index:05d}-{split}.bin"
 
 
 @dataclass
-class _SplitCounts:
-    documents: int = 0
-    tokens: int = 0
-    text_bytes: int = 0
+class UnitResult:
+    tallies: dict[str, TokenTally]
+    checked: int = 0  # documents whose tiktoken ids were compared with `tokenizers`
+    mismatch: str | None = None  # why tiktoken's ids were not trusted, if they were not
+
+
+def plan_units(docs_dir: Path, docs_per_unit: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(shard path, row groups) runs of about `docs_per_unit` documents, in document order."""
+    units = []
+    for path in shard_paths(docs_dir):
+        metadata = pq.ParquetFile(path).metadata
+        group: list[int] = []
+        rows = 0
+        for row_group in range(metadata.num_row_groups):
+            group.append(row_group)
+            rows += metadata.row_group(row_group).num_rows
+            if rows >= docs_per_unit:
+                units.append((str(path), tuple(group)))
+                group, rows = [], 0
+        if group:
+            units.append((str(path), tuple(group)))
+    return units
+
+
+def _sampled(doc_id: str, one_in: int) -> bool:
+    # crc32, not the split hash, so the sample is spread over both splits alike
+    return zlib.crc32(doc_id.encode("utf-8")) % one_in == 0
+
+
+def encode_unit(unit: EncodeUnit) -> UnitResult:
+    """Encode one unit's documents into its part files; return its per-split tallies."""
+    if multiprocessing.parent_process() is not None:
+        # A worker process: share the cores with the other workers instead of each taking all.
+        os.environ.setdefault("RAYON_NUM_THREADS", str(unit.threads))
+    encoder = cached_encoder(unit.tokenizer, unit.backend, unit.threads)
+    eot_id = encoder.token_id(EOT_TOKEN)
+    dtype = dtype_for_vocab(encoder.vocab_size)
+    tallies = {split: TokenTally(encoder.vocab_size) for split in SPLITS}
+    handles = {split: unit.part(split).open("wb") for split in SPLITS}
+    checked = 0
+    try:
+        batches = pq.ParquetFile(unit.path).iter_batches(
+            batch_size=unit.batch_size, row_groups=list(unit.row_groups), columns=["id", "text"]
+        )
+        for batch in batches:
+            doc_ids = batch.column(0).to_pylist()
+            texts = [text or "" for text in batch.column(1).to_pylist()]
+            n_bytes = utf8_bytes(batch.column(1))
+            encoded = encoder.encode_batch(texts)
+            if unit.check_one_in:
+                sample = [
+                    i for i, doc_id in enumerate(doc_ids) if _sampled(doc_id, unit.check_one_in)
+                ]
+                checked += len(sample)
+                mismatch = _compare(encoder, sample, doc_ids, texts, encoded)
+                if mismatch:
+                    return UnitResult(tallies, checked, mismatch)
+            sides = np.array([unit.split.split_of(doc_id) == "val" for doc_id in doc_ids])
+            for split, members in (("train", ~sides), ("val", sides)):
+                picked = np.flatnonzero(members)
+                if not len(picked):
+                    continue
+                flat: list[int] = []
+                for i in picked:
+                    flat.extend(encoded[i])
+                    flat.append(eot_id)
+                ids = np.array(flat, dtype=dtype)
+                handles[split].write(ids.tobytes())
+                # words (a Python pass over the text) for val only, where the measure is read
+                words = count_words([texts[i] for i in picked]) if split == "val" else None
+                tallies[split].add(ids, len(picked), n_bytes[picked].sum(), words)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return UnitResult(tallies, checked)
+
+
+def _compare(
+    encoder: TextEncoder,
+    sample: list[int],
+    doc_ids: list[str],
+    texts: list[str],
+    encoded: list[list[int]],
+) -> str | None:
+    if not sample:
+        return None
+    expected = encoder.encode_batch_with_tokenizers([texts[i] for i in sample])
+    for i, want in zip(sample, expected, strict=True):
+        at = first_difference(encoded[i], want)
+        if at is not None:
+            return f"document {doc_ids[i]}: tiktoken and tokenizers differ at token {at}"
+    return None
+
+
+def _run_units(units: list[EncodeUnit], executor: Executor) -> list[UnitResult]:
+    if len(units) > 1 and executor.workers > 1:
+        return executor.map(encode_unit, units)
+    # one process: a progress bar per unit
+    return [encode_unit(unit) for unit in tqdm(units, unit="unit", desc="encode", disable=None)]
 
 
 def write_token_shards(
-    docs_dir: Path, tokenizer_path: Path, out_dir: Path, cfg: ShardsConfig
+    docs_dir: Path,
+    tokenizer_path: Path,
+    out_dir: Path,
+    cfg: ShardsConfig,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Encode every document in `docs_dir` into train/val token shards in `out_dir`.
 
-    Returns {"counts": {"train_documents", "val_documents", "train_tokens", "val_tokens", ...},
-    "stats": {"train_bytes", "val_bytes", "bytes_per_token_train", "bytes_per_token_val",
-    "vocab_size", "eot_id", "dtype"}}. Token counts include the end-of-text separators, as the
-    shards do; bytes are the UTF-8 bytes of the document texts.
+    Returns {"counts": {"train_documents", "val_documents", "train_tokens", "val_tokens",
+    "train_shards", "val_shards"}, "stats": {"train_bytes", "bytes_per_token_val",
+    "words_per_token_val", "vocab_used_fraction_train", ..., "vocab_size", "eot_id", "dtype",
+    "encoder", ...}}.
     """
     docs_dir, out_dir = Path(docs_dir), Path(out_dir)
-    tokenizer = load_tokenizer(tokenizer_path)
-    eot_id = tokenizer.token_to_id(EOT_TOKEN)
+    executor = executor or SerialExecutor()
+    threads = max(1, (os.cpu_count() or 1) // max(1, executor.workers))
+    encoder, fallback_reason = _choose_encoder(tokenizer_file(tokenizer_path), cfg.encoder, threads)
+    eot_id = encoder.token_id(EOT_TOKEN)
     if eot_id is None:
         raise ValueError(f"{tokenizer_path}: tokenizer has no {EOT_TOKEN} token")
-    # A document whose text contains "<|endoftext|>" (or another special token) must not put a
-    # control token in the stream: the literal text is encoded as ordinary bytes instead.
-    tokenizer.encode_special_tokens = True
-    vocab_size = tokenizer.get_vocab_size()
-    # encode_batch_fast skips computing character offsets, which the shards do not keep.
-    encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    vocab_size = encoder.vocab_size
 
-    total = count_documents(docs_dir)
+    planned = plan_units(docs_dir, cfg.docs_per_unit)
+    total = sum(pq.ParquetFile(path).metadata.num_rows for path in shard_paths(docs_dir))
     if total == 0:
         raise ValueError(f"{docs_dir}: no documents to encode")
-    overrides = plan_split_overrides(docs_dir, cfg.val_fraction)
-    if total == 1:
-        log.warning("%s holds one document: it goes to train and val stays empty", docs_dir)
+    check_one_in = min(MAX_CHECK_ONE_IN, max(1, total // CHECKED_DOCUMENTS))
+    split = DocumentSplit.for_documents(docs_dir, cfg)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:  # shards left by an earlier, interrupted run would mix into this one
-        for stale in split_paths(out_dir, split):
+    for name in SPLITS:  # shards left by an earlier, interrupted run would mix into this one
+        for stale in split_paths(out_dir, name):
             stale.unlink()
+    parts_dir = out_dir / PARTS_DIR
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    parts_dir.mkdir()
 
-    counts = {split: _SplitCounts() for split in SPLITS}
-    writers = {
-        split: TokenShardWriter(out_dir, split, vocab_size, cfg.tokens_per_shard)
-        for split in SPLITS
-    }
-    try:
-        with tqdm(total=total, unit="doc", desc="encode", disable=None) as progress:
-            for batch in iter_batches(docs_dir, batch_size=cfg.batch_size, columns=["id", "text"]):
-                ids, texts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-                texts = [text or "" for text in texts]
-                pending: dict[str, list[int]] = {split: [] for split in SPLITS}
-                for doc_id, text, encoding in zip(ids, texts, encode_batch(texts), strict=True):
-                    split = overrides.get(doc_id) or split_by_hash(doc_id, cfg.val_fraction)
-                    pending[split].extend(encoding.ids)
-                    pending[split].append(eot_id)
-                    counts[split].documents += 1
-                    counts[split].tokens += len(encoding.ids) + 1
-                    counts[split].text_bytes += len(text.encode("utf-8"))
-                for split, token_ids in pending.items():
-                    if token_ids:
-                        writers[split].write(np.asarray(token_ids, dtype=writers[split].dtype))
-                progress.update(len(ids))
-    finally:
-        for writer in writers.values():
-            writer.close()
-    shard_names = {split: [path.name for path in writers[split].paths] for split in SPLITS}
+    def units_for(backend: str) -> list[EncodeUnit]:
+        return [
+            EncodeUnit(
+                index=i,
+                path=path,
+                row_groups=groups,
+                tokenizer=str(encoder.path),
+                parts_dir=str(parts_dir),
+                split=split,
+                backend=backend,
+                check_one_in=check_one_in if backend == "tiktoken" and cfg.encoder == "auto" else 0,
+                threads=threads,
+                batch_size=cfg.batch_size,
+            )
+            for i, (path, groups) in enumerate(planned)
+        ]
 
-    def per_token(split: str) -> float | None:
-        tokens = counts[split].tokens
-        return counts[split].text_bytes / tokens if tokens else None
+    backend = encoder.backend
+    results = _run_units(units_for(backend), executor)
+    checked = sum(r.checked for r in results)
+    mismatches = [r.mismatch for r in results if r.mismatch]
+    if mismatches:
+        log.warning("tiktoken disagrees with tokenizers (%s): encoding again", mismatches[0])
+        backend, fallback_reason = "tokenizers", mismatches[0]
+        results = _run_units(units_for(backend), executor)
 
+    tallies = {name: TokenTally(vocab_size) for name in SPLITS}
+    for result in results:
+        for name in SPLITS:
+            tallies[name].merge(result.tallies[name])
+    shard_names = _concatenate_parts(units_for(backend), out_dir, vocab_size, cfg.tokens_per_shard)
+    shutil.rmtree(parts_dir)
+
+    stats: dict[str, Any] = {}
+    for name in SPLITS:
+        summary = tallies[name].summary(suffix=f"_{name}")
+        stats[f"{name}_bytes"] = summary.pop(f"bytes_{name}")
+        if f"words_{name}" in summary:
+            stats[f"{name}_words"] = summary.pop(f"words_{name}")
+        for key in ("documents", "tokens", "tokens_per_word"):
+            summary.pop(f"{key}_{name}", None)
+        stats.update(summary)
     return {
         "counts": {
-            "train_documents": counts["train"].documents,
-            "val_documents": counts["val"].documents,
-            "train_tokens": counts["train"].tokens,
-            "val_tokens": counts["val"].tokens,
+            "train_documents": tallies["train"].documents,
+            "val_documents": tallies["val"].documents,
+            "train_tokens": tallies["train"].tokens,
+            "val_tokens": tallies["val"].tokens,
             "train_shards": len(shard_names["train"]),
             "val_shards": len(shard_names["val"]),
         },
         "stats": {
-            "train_bytes": counts["train"].text_bytes,
-            "val_bytes": counts["val"].text_bytes,
-            "bytes_per_token_train": per_token("train"),
-            "bytes_per_token_val": per_token("val"),
+            **stats,
             "vocab_size": vocab_size,
             "eot_id": eot_id,
-            "dtype": writers["train"].dtype.name,
+            "dtype": dtype_for_vocab(vocab_size).name,
             "val_fraction": cfg.val_fraction,
+            "encoder": backend,
+            "encoder_fallback_reason": fallback_reason,
+            "encoder_checked_documents": checked,
             "shards": shard_names,
         },
     }
+
+
+def _choose_encoder(tokenizer: Path, choice: str, threads: int) -> tuple[TextEncoder, str]:
+    """The encoder for `shards.encoder`, and why it is not tiktoken when `auto` wanted it.
+
+    `cached_encoder`: in one process, the units reuse this very encoder (and its tiktoken ranks).
+    """
+    if choice == "tokenizers":
+        return cached_encoder(str(tokenizer), "tokenizers", threads), ""
+    try:
+        return cached_encoder(str(tokenizer), "tiktoken", threads), ""
+    except ValueError as exc:
+        if choice == "tiktoken":
+            raise
+        return cached_encoder(str(tokenizer), "tokenizers", threads), str(exc)
+
+
+def _concatenate_parts(
+    units: list[EncodeUnit], out_dir: Path, vocab_size: int, tokens_per_shard: int
+) -> dict[str, list[str]]:
+    """Stream every unit's part files, in unit order, into the split's numbered shards."""
+    dtype = dtype_for_vocab(vocab_size)
+    names = {}
+    for name in SPLITS:
+        with TokenShardWriter(out_dir, name, vocab_size, tokens_per_shard) as writer:
+            for unit in units:
+                with unit.part(name).open("rb") as part:
+                    while len(chunk := np.fromfile(part, dtype=dtype, count=COPY_CHUNK_TOKENS)):
+                        writer.write(chunk)
+        names[name] = [path.name for path in writer.paths]
+    return names

@@ -1,34 +1,77 @@
-"""Byte-level BPE tokenizer training.
+"""Byte-level BPE tokenizer training, measured on held-out documents.
 
-In: a folder of document shards (`part-*.parquet`, see `pipeline.documents`) and a
-`TokenizerConfig`. Out, in `out_dir`: `tokenizer.json` (Hugging Face `tokenizers` format),
-`tokenizer_config.json` and `special_tokens_map.json` (so `transformers.AutoTokenizer` /
-`PreTrainedTokenizerFast` can load the folder), and a manifest body with the document count,
-the actual vocabulary size and the ids of the special tokens.
+In: a folder of document shards (`part-*.parquet`, see `pipeline.documents`), a
+`TokenizerConfig`, and optionally the `DocumentSplit` whose val documents are held out. Out, in
+`out_dir`: `tokenizer.json` (Hugging Face `tokenizers` format), `tokenizer_config.json` and
+`special_tokens_map.json` (so `transformers.PreTrainedTokenizerFast` / `AutoTokenizer` load the
+folder), and a manifest body: documents trained on, vocabulary size, special token ids, and the
+tokenizer's measures on the held-out documents (`heldout_bytes_per_token`,
+`heldout_words_per_token`, `heldout_tokens_per_word`, `heldout_vocab_used_fraction`).
 
-The model is GPT-2 style: text is split by the GPT-2 regex, mapped to bytes, and merges are
-learned over bytes, so every string round-trips and there is no unknown token. The special
-tokens take the first ids (`<|endoftext|>` is 0), then the 256 byte symbols, then the merges.
-Training streams batches of texts into `train_from_iterator`; the corpus is never one string.
+The tokenizer:
+- Pre-tokenizer: GPT-4's regex (`PRETOKENIZER_PATTERN`), which splits text into words with their
+  leading space, runs of punctuation, whitespace and contractions, except that every digit is a
+  piece of its own (as in LLaMA): numbers are spelled digit by digit, so no merge ever spans
+  digits. Then the pieces are mapped to bytes (GPT-2's byte-level alphabet) and merges are learned
+  over bytes: every string round-trips and there is no unknown token.
+- Ids: the special tokens first (`<|endoftext|>` is 0, `<|pad|>` 1, then the fine-tuning role
+  markers `<|user|>` and `<|assistant|>` by default), then the 256 byte symbols, then the merges
+  in the order they were learned. `<|endoftext|>` separates documents and is the BOS/EOS of
+  transformers; `<|pad|>` pads batches; a fine-tuning example is
+  `<|user|>PROMPT<|assistant|>RESPONSE<|endoftext|>`, the loss on RESPONSE and the final token.
+- A word that is itself in the vocabulary is one token (`ignore_merges`), as in tiktoken, so the
+  tiktoken encoder built from the same ranks gives the same ids (see `text_encoder`).
+- Deterministic: the same documents and config give the same `tokenizer.json`, byte for byte.
+  Training streams batches of texts into `train_from_iterator`; the corpus is never one string.
+
+`train_tokenizer` is the byte-level BPE recipe; another recipe (a character-level vocabulary,
+say) is one more function that returns a `tokenizers.Tokenizer` for `fit_tokenizer` to save and
+measure the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.config import TokenizerConfig
-from pipeline.documents import iter_texts, shard_paths
+from pipeline.documents import iter_batches, shard_paths
+from pipeline.tokenizer.metrics import TokenTally, count_words, utf8_bytes
+from pipeline.tokenizer.splits import DocumentSplit
+from pipeline.tokenizer.text_encoder import (
+    EOT_TOKEN,
+    PAD_TOKEN,
+    TOKENIZER_FILE,
+    TextEncoder,
+    load_tokenizer,
+)
 
-CODE_VERSION = 1  # bump when the trained tokenizer would change for the same input and config
-TOKENIZER_FILE = "tokenizer.json"
-EOT_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
+__all__ = [
+    "EOT_TOKEN",
+    "PAD_TOKEN",
+    "PRETOKENIZER_PATTERN",
+    "TOKENIZER_FILE",
+    "count_documents",
+    "fit_tokenizer",
+    "load_tokenizer",
+    "new_byte_level_bpe",
+    "save_tokenizer",
+    "train_tokenizer",
+]
+
+# cl100k_base's pattern with \p{N}{1,3} replaced by \p{N}: one digit per piece.
+PRETOKENIZER_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+TextBatches = Callable[[], Iterator[list[str]]]
 
 
 def count_documents(docs_dir: Path) -> int:
@@ -37,33 +80,20 @@ def count_documents(docs_dir: Path) -> int:
 
 
 def new_byte_level_bpe() -> Tokenizer:
-    """An untrained GPT-2 style byte-level BPE tokenizer."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    """An untrained byte-level BPE tokenizer with the GPT-style, digit-splitting pre-tokenizer."""
+    tokenizer = Tokenizer(models.BPE(ignore_merges=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZER_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
 
-def train_tokenizer(docs_dir: Path, out_dir: Path, cfg: TokenizerConfig) -> dict[str, Any]:
-    """Train byte-level BPE on the documents in `docs_dir`; save it in `out_dir`.
-
-    Returns {"counts": {"documents"}, "stats": {"vocab_size", "eot_id", "pad_id", ...}}. The
-    vocabulary can come out smaller than `cfg.vocab_size` when the corpus has too few pairs
-    that occur `cfg.min_frequency` times.
-    """
-    docs_dir, out_dir = Path(docs_dir), Path(out_dir)
-    total = count_documents(docs_dir)
-    if total == 0:
-        raise ValueError(f"{docs_dir}: no documents to train a tokenizer on")
-
-    seen = 0
-
-    def text_batches() -> Iterator[list[str]]:
-        nonlocal seen
-        for texts in iter_texts(docs_dir, batch_size=cfg.batch_size):
-            seen += len(texts)
-            yield [text or "" for text in texts]  # a null text counts as an empty document
-
+def train_bpe(text_batches: Iterator[list[str]], cfg: TokenizerConfig, length: int) -> Tokenizer:
+    """Byte-level BPE learned from batches of texts (`length`: the number of texts, for logs)."""
     tokenizer = new_byte_level_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
@@ -72,31 +102,114 @@ def train_tokenizer(docs_dir: Path, out_dir: Path, cfg: TokenizerConfig) -> dict
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(text_batches(), trainer=trainer, length=total)
+    tokenizer.train_from_iterator(text_batches, trainer=trainer, length=length)
+    return tokenizer
 
+
+def _document_texts(
+    docs_dir: Path, batch_size: int, split: DocumentSplit | None, side: str
+) -> Iterator[list[str]]:
+    """Batches of the texts of one side of the split (all texts when there is no split)."""
+    for batch in iter_batches(docs_dir, batch_size=batch_size, columns=["id", "text"]):
+        ids, texts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        yield [
+            text or ""  # a null text counts as an empty document
+            for doc_id, text in zip(ids, texts, strict=True)
+            if split is None or split.split_of(doc_id) == side
+        ]
+
+
+def train_tokenizer(
+    docs_dir: Path, out_dir: Path, cfg: TokenizerConfig, held_out: DocumentSplit | None = None
+) -> dict[str, Any]:
+    """Train byte-level BPE on the documents in `docs_dir` (less the held-out ones); save it.
+
+    Returns {"counts": {"documents", "heldout_documents"}, "stats": {"vocab_size", "eot_id",
+    "pad_id", "special_tokens", "heldout_bytes_per_token", ...}}. The vocabulary can come out
+    smaller than `cfg.vocab_size` when the corpus has too few pairs that occur
+    `cfg.min_frequency` times.
+    """
+    return fit_tokenizer(train_bpe, docs_dir, out_dir, cfg, held_out)
+
+
+def fit_tokenizer(
+    recipe: Callable[[Iterator[list[str]], TokenizerConfig, int], Tokenizer],
+    docs_dir: Path,
+    out_dir: Path,
+    cfg: TokenizerConfig,
+    held_out: DocumentSplit | None = None,
+) -> dict[str, Any]:
+    """Run a training recipe on the train documents, save its tokenizer, measure it held out."""
+    docs_dir, out_dir = Path(docs_dir), Path(out_dir)
+    total = count_documents(docs_dir)
+    if total == 0:
+        raise ValueError(f"{docs_dir}: no documents to train a tokenizer on")
+
+    seen = 0
+
+    def counted(batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        nonlocal seen
+        for texts in batches:
+            seen += len(texts)
+            yield texts
+
+    texts = counted(_document_texts(docs_dir, cfg.batch_size, held_out, "train"))
+    tokenizer = recipe(texts, cfg, total)
+    save_tokenizer(tokenizer, out_dir, list(cfg.special_tokens))
+
+    stats: dict[str, Any] = {
+        "vocab_size": tokenizer.get_vocab_size(),
+        "requested_vocab_size": cfg.vocab_size,
+        "eot_id": tokenizer.token_to_id(EOT_TOKEN),
+        "pad_id": tokenizer.token_to_id(PAD_TOKEN),
+        "special_tokens": {token: tokenizer.token_to_id(token) for token in cfg.special_tokens},
+    }
+    counts = {"documents": seen}
+    if held_out is not None:
+        tally = measure_tokenizer(out_dir, docs_dir, held_out, cfg.batch_size)
+        counts["heldout_documents"] = tally.documents
+        summary = tally.summary(prefix="heldout_")
+        summary.pop("heldout_documents")
+        stats.update(summary)
+    return {"counts": counts, "stats": stats}
+
+
+def measure_tokenizer(
+    tokenizer_path: Path, docs_dir: Path, held_out: DocumentSplit, batch_size: int
+) -> TokenTally:
+    """Bytes, words and tokens of the held-out (val) documents, without separators."""
+    encoder = TextEncoder(Path(tokenizer_path), "tokenizers")  # the reference ids
+    tally = TokenTally(encoder.vocab_size)
+    for batch in iter_batches(docs_dir, batch_size=batch_size, columns=["id", "text"]):
+        keep = [held_out.split_of(doc_id) == "val" for doc_id in batch.column(0).to_pylist()]
+        if not any(keep):
+            continue
+        column = batch.column(1).filter(keep)
+        texts = [text or "" for text in column.to_pylist()]
+        encoded = encoder.encode_batch(texts)
+        flat: list[int] = []
+        for doc in encoded:
+            flat.extend(doc)
+        ids = np.array(flat, dtype=np.int64)
+        tally.add(ids, len(encoded), utf8_bytes(column).sum(), count_words(texts))
+    return tally
+
+
+def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, special_tokens: list[str]) -> None:
+    """`tokenizer.json` plus the two files transformers reads beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out_dir / TOKENIZER_FILE), pretty=True)
-    _write_transformers_files(out_dir, tokenizer, list(cfg.special_tokens))
-
-    return {
-        "counts": {"documents": seen},
-        "stats": {
-            "vocab_size": tokenizer.get_vocab_size(),
-            "requested_vocab_size": cfg.vocab_size,
-            "eot_id": tokenizer.token_to_id(EOT_TOKEN),
-            "pad_id": tokenizer.token_to_id(PAD_TOKEN),
-            "special_tokens": {token: tokenizer.token_to_id(token) for token in cfg.special_tokens},
-        },
-    }
+    write_transformers_files(out_dir, tokenizer, special_tokens)
 
 
-def _write_transformers_files(
+def write_transformers_files(
     out_dir: Path, tokenizer: Tokenizer, special_tokens: list[str]
 ) -> None:
     """tokenizer_config.json and special_tokens_map.json in the layout transformers reads.
 
     GPT-2 convention: the end-of-text token doubles as beginning- and end-of-sequence. A byte
-    level vocabulary has no unknown token, so none is declared.
+    level vocabulary has no unknown token, so none is declared. The other special tokens (the
+    fine-tuning markers) are `additional_special_tokens`, so transformers never splits them.
     """
     roles: dict[str, Any] = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN}
     if PAD_TOKEN in special_tokens:
@@ -128,9 +241,8 @@ def _write_transformers_files(
         (out_dir / name).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    """A trained tokenizer from `tokenizer.json`, or from a folder holding one."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
-    return Tokenizer.from_file(str(path))
+def special_tokens_of(tokenizer_path: Path) -> list[str]:
+    """The special tokens a saved tokenizer declares, in id order."""
+    spec = json.loads(Path(tokenizer_path).read_text(encoding="utf-8"))
+    added = sorted(spec.get("added_tokens") or [], key=lambda t: t["id"])
+    return [t["content"] for t in added if t.get("special")]

@@ -1,13 +1,24 @@
-"""The model registry: checkpoints become MLflow model versions, chosen by alias.
+"""The model registry: evaluated checkpoints become MLflow model versions, chosen by alias.
 
-In: a run id, a local model folder (weights, config, tokenizer) and its eval metrics. Out: a
-registered model version tagged with those metrics, aliased `@challenger`, and `@champion`
-when its promotion metric beats the current champion's (or there is none yet).
+In: a run id, a local model folder (weights, config, tokenizer), its eval metrics, the
+promotion rule (`register` config: metric, direction, minimum improvement) and provenance tags
+(data and tokenizer fingerprints, config hash, git commit, Prefect flow run). Out: a registered
+model version tagged with all of it, aliased `@challenger`, and `@champion` when the rule says
+it beats the current champion (or there is none yet).
+
+Every alias change is written into the tags of each version it touches, as
+`llmpipe.alias_log.NNN` = {"at", "alias", "change": "set" | "removed", "reason", "by"}, so a
+version's history (promoted by the rule, displaced by v7, promoted by hand) reads from its tags.
+`promote` moves an alias by hand and records it the same way.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,32 +27,158 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import pipeline
-from pipeline.tracking.pyfunc import SIGNATURE
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+ALIAS_LOG = "llmpipe.alias_log."
 _ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+# Tag namespaces that are not eval metrics (metrics are the plain `<task>_<metric>` tags).
+NON_METRIC_PREFIXES = ("llmpipe.", "prefect.", "mlflow.")
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    metric: str = "val_bpb"
+    mode: str = "min"  # "min": lower wins; "max": higher wins
+    min_improvement: float = 0.0
+
+    def describe(self) -> str:
+        direction = "lower" if self.mode == "min" else "higher"
+        return f"{self.metric}, {direction} is better, by at least {self.min_improvement:g}"
 
 
 def _client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def better(candidate: float, incumbent: float | None, mode: str) -> bool:
+def better(
+    candidate: float, incumbent: float | None, mode: str, min_improvement: float = 0.0
+) -> bool:
+    """Whether `candidate` beats `incumbent` by more than `min_improvement` in direction `mode`."""
+    if math.isnan(candidate):
+        return False
     if incumbent is None or math.isnan(incumbent):
-        return not math.isnan(candidate)
-    return candidate < incumbent if mode == "min" else candidate > incumbent
+        return True
+    if mode == "min":
+        return candidate < incumbent - min_improvement
+    return candidate > incumbent + min_improvement
+
+
+def decide(
+    rule: PromotionRule,
+    candidate: float,
+    champion_version: str | None,
+    incumbent: float | None,
+) -> tuple[bool, str]:
+    """(promote?, the reason in words)."""
+    name = rule.metric
+    if math.isnan(candidate):
+        return False, f"{name} is NaN: not promoted"
+    if champion_version is None:
+        return True, f"first version with {name} = {candidate:.6g} (no champion yet)"
+    if incumbent is None or math.isnan(incumbent):
+        return True, f"champion v{champion_version} has no {name}; this version has {candidate:.6g}"
+    op = "<" if rule.mode == "min" else ">"
+    bound = (
+        incumbent - rule.min_improvement if rule.mode == "min" else incumbent + rule.min_improvement
+    )
+    won = better(candidate, incumbent, rule.mode, rule.min_improvement)
+    verdict = "beats" if won else "does not beat"
+    return won, (
+        f"{name} {candidate:.6g} {verdict} champion v{champion_version} ({incumbent:.6g}): "
+        f"the rule needs {name} {op} {bound:.6g} ({rule.describe()})"
+    )
+
+
+def _alias_holder(client: MlflowClient, name: str, alias: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
 
 
 def champion_metric(
     client: MlflowClient, name: str, metric: str
 ) -> tuple[str | None, float | None]:
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    version = _alias_holder(client, name, CHAMPION)
+    if version is None:
         return None, None
     value = version.tags.get(metric)
     return version.version, float(value) if value is not None else None
+
+
+def record_alias_change(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    alias: str,
+    change: str,
+    reason: str,
+    by: str,
+) -> None:
+    """Append one alias event to the version's tags."""
+    tags = client.get_model_version(name, version).tags
+    number = 1 + sum(1 for key in tags if key.startswith(ALIAS_LOG))
+    event = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "alias": alias,
+        "change": change,
+        "reason": reason,
+        "by": by,
+    }
+    client.set_model_version_tag(name, version, f"{ALIAS_LOG}{number:03d}", json.dumps(event))
+
+
+def move_alias(
+    client: MlflowClient, name: str, alias: str, version: str, reason: str, by: str
+) -> str | None:
+    """Point `alias` at `version`, recording the change on it and on the version that had it."""
+    previous = _alias_holder(client, name, alias)
+    if previous is not None and str(previous.version) == str(version):
+        return str(version)
+    client.set_registered_model_alias(name, alias, str(version))
+    record_alias_change(client, name, str(version), alias, "set", reason, by)
+    if previous is not None:
+        record_alias_change(
+            client,
+            name,
+            str(previous.version),
+            alias,
+            "removed",
+            f"@{alias} moved to v{version}: {reason}",
+            by,
+        )
+    return str(previous.version) if previous is not None else None
+
+
+def alias_history(tracking_uri: str, name: str, version: str | int) -> list[dict[str, Any]]:
+    """The alias events of one version, oldest first."""
+    tags = _client(tracking_uri).get_model_version(name, str(version)).tags
+    return [json.loads(tags[k]) for k in sorted(tags) if k.startswith(ALIAS_LOG)]
+
+
+def git_commit(folder: Path | None = None) -> dict[str, str]:
+    """{"llmpipe.git_commit", "llmpipe.git_dirty"} of the checkout the code runs from, if any."""
+    folder = folder or Path(pipeline.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return {"llmpipe.git_commit": "unknown (not a git checkout)"}
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {"llmpipe.git_commit": "unknown (git not available)"}
+    return {
+        "llmpipe.git_commit": commit.stdout.strip(),
+        "llmpipe.git_dirty": str(bool(status.stdout.strip())).lower(),
+    }
 
 
 def register_model_dir(
@@ -50,14 +187,15 @@ def register_model_dir(
     model_dir: Path,
     name: str,
     metrics: dict[str, float],
-    metric: str,
-    mode: str,
+    rule: PromotionRule,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log `model_dir` as a pyfunc model of `run_id`, register it and apply the promotion rule."""
-    if metric not in metrics:
+    from pipeline.tracking.pyfunc import SIGNATURE  # defining the model class warns: only here
+
+    if rule.metric not in metrics:
         raise KeyError(
-            f"register.metric {metric!r} is not among the eval metrics {sorted(metrics)}"
+            f"register.metric {rule.metric!r} is not among the eval metrics {sorted(metrics)}"
         )
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -72,36 +210,74 @@ def register_model_dir(
             # Written out instead of inferred: inference would load the model in a subprocess.
             pip_requirements=["torch", "tokenizers", "safetensors", "numpy", "mlflow"],
         )
-    version = mlflow.register_model(
-        info.model_uri, name, tags={k: str(v) for k, v in metrics.items()}
-    )
-    for key, value in (tags or {}).items():
-        client.set_model_version_tag(name, version.version, key, value)
-    previous, incumbent = champion_metric(client, name, metric)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    promoted = better(float(metrics[metric]), incumbent, mode)
+    flow_run = client.get_run(run_id).data.tags.get("prefect.flow_run_id")
+    all_tags = {k: str(v) for k, v in metrics.items()}
+    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    if flow_run:
+        all_tags["prefect.flow_run_id"] = flow_run
+    version = mlflow.register_model(info.model_uri, name, tags=all_tags)
+    number = str(version.version)
+
+    previous, incumbent = champion_metric(client, name, rule.metric)
+    value = float(metrics[rule.metric])
+    promoted, reason = decide(rule, value, previous, incumbent)
+    data = all_tags.get("llmpipe.data_fingerprint")
+    if previous is not None and data:
+        theirs = client.get_model_version(name, previous).tags.get("llmpipe.data_fingerprint")
+        if theirs and theirs != data:
+            reason += f" [note: champion was evaluated on data {theirs}, this version on {data}]"
+    client.set_model_version_tag(name, number, "llmpipe.promotion", reason)
+    move_alias(client, name, CHALLENGER, number, f"newest registered version; {reason}", "rule")
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
+        move_alias(client, name, CHAMPION, number, reason, "rule")
     return {
         "model_name": name,
-        "version": version.version,
-        "model_uri": f"models:/{name}/{version.version}",
+        "version": number,
+        "model_uri": f"models:/{name}/{number}",
         "promoted": promoted,
+        "reason": reason,
         "previous_champion": previous,
         "previous_champion_metric": incumbent,
-        "metric": metric,
-        "value": float(metrics[metric]),
+        "metric": rule.metric,
+        "value": value,
     }
 
 
-def promote(tracking_uri: str, name: str, version: str | int) -> None:
+def promote(
+    tracking_uri: str,
+    name: str,
+    version: str | int,
+    reason: str | None = None,
+    alias: str = CHAMPION,
+) -> str | None:
+    """Point `alias` (default @champion) at `version` by hand; returns the version that had it."""
     client = _client(tracking_uri)
     client.get_model_version(name, str(version))  # a clear error when it does not exist
-    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return move_alias(
+        client,
+        name,
+        alias,
+        str(version),
+        reason or "promoted by hand (llmpipe models promote)",
+        "manual",
+    )
 
 
-def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, Any]]:
-    """One row per model version: name, version, aliases, metrics (from tags), run, created."""
+def is_metric_tag(key: str, value: str) -> bool:
+    if key.startswith(NON_METRIC_PREFIXES):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def list_versions(
+    tracking_uri: str, name: str | None = None, metrics_only: bool = False
+) -> list[dict[str, Any]]:
+    """One row per model version: name, version, aliases, run, created, then its tags (all of
+    them, or with `metrics_only` just the eval metrics, as floats)."""
     client = _client(tracking_uri)
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
@@ -110,14 +286,18 @@ def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, 
         for alias, version in client.get_registered_model(model_name).aliases.items():
             aliases.setdefault(str(version), []).append(alias)
         for version in client.search_model_versions(f"name='{model_name}'"):
-            rows.append(
-                {
-                    "name": model_name,
-                    "version": int(version.version),
-                    "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
-                    "run_id": version.run_id,
-                    "created": version.creation_timestamp,
-                    **{k: v for k, v in version.tags.items() if not k.startswith("mlflow.")},
-                }
-            )
+            row = {
+                "name": model_name,
+                "version": int(version.version),
+                "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
+                "run_id": version.run_id,
+                "created": version.creation_timestamp,
+            }
+            for key, value in version.tags.items():
+                if metrics_only:
+                    if is_metric_tag(key, value):
+                        row[key] = float(value)
+                elif not key.startswith(("mlflow.", ALIAS_LOG)):
+                    row[key] = value
+            rows.append(row)
     return sorted(rows, key=lambda r: (r["name"], r["version"]))

@@ -12,12 +12,14 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 _SECRET_KEY = re.compile(
     r"(password|passwd|secret|api[_-]?key|access[_-]?key|credential|auth)", re.I
@@ -63,21 +65,55 @@ def safe_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return params
 
 
+@contextmanager
+def _sqlite_setup_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite store (nothing for other stores)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))  # sqlite:////abs or sqlite:///rel
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".setup-lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Tracker:
     """Creates and logs to the runs of one experiment."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        # Two runs starting at once on one SQLite store would both create (migrate) the
+        # database and the experiment: the first one to hold the lock does it.
+        with _sqlite_setup_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self.experiment_id = self._experiment_id(experiment, artifact_root)
+
+    def _experiment_id(self, experiment: str, artifact_root: Path | None) -> str:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            # With a local store, keep artifacts beside it instead of in the caller's CWD.
-            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location
+            return found.experiment_id
+        # With a local store, keep artifacts beside it instead of in the caller's CWD; a
+        # tracking server keeps them in its own artifact store (mlflow-artifacts:/).
+        local = self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
+        location = Path(artifact_root).resolve().as_uri() if artifact_root and local else None
+        try:
+            return self.client.create_experiment(
+                experiment,
+                artifact_location=location,
+                # The MLflow UI then opens it as model training, not as a GenAI app.
+                tags={"mlflow.experimentKind": "custom_model_development"},
             )
+        except MlflowException as exc:  # another run (on a server) created it just now
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                raise exc from None
+            return found.experiment_id
 
     def start_run(
         self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None

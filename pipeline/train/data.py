@@ -4,11 +4,14 @@ In: a folder of `train-*.bin` / `val-*.bin` token shards (pipeline/tokenizer/tok
 Out: `TokenShardDataModule`, a LightningDataModule whose batches are (x, y) pairs of int64
 tensors of shape (batch_size, block_size), y being x shifted by one token.
 
-Training draws windows of block_size + 1 tokens at random positions. Batch number k is a pure
-function of (seed, rank, k), and the loader starts at k = global_step * grad_accum_steps, so a
-run resumed from a checkpoint sees exactly the batches it would have seen without the stop.
-Validation reads a fixed set of val_batches * batch_size windows spread evenly over the val
-split, in order, so every evaluation (and every run with the same shards) scores the same tokens.
+Training draws windows of block_size + 1 tokens at random positions. Micro-batch number k is a
+pure function of (seed, k, rank, world size), and the loader starts at k = global_step *
+grad_accum_steps, so a run resumed from a checkpoint sees exactly the batches it would have seen
+without the stop, and N processes see together what one process with an N times larger batch
+sees. Validation reads a fixed set of val_batches global batches of windows spread evenly over
+the val split, in order, so every evaluation (and every run with the same shards and global
+batch) scores the same tokens. Each rank reads its own part: Lightning's distributed sampler
+is not used (the Trainer gets use_distributed_sampler=False).
 Shards are memory-mapped, never loaded whole.
 """
 
@@ -68,20 +71,37 @@ class TokenWindows:
 
 
 class RandomTrainBatches(IterableDataset):
-    """An endless stream of (x, y) batches; batch k depends only on (seed, rank, k)."""
+    """An endless stream of (x, y) batches for one rank; batch k depends only on (seed, k).
+
+    Step k's global batch is `batch_size * world_size` windows drawn with a generator seeded by
+    (seed, k); rank r takes rows r * batch_size .. (r + 1) * batch_size. So 2 processes with
+    batch 4 see exactly the windows 1 process with batch 8 sees, and a resumed run sees the same
+    batches as an uninterrupted one.
+    """
 
     def __init__(
-        self, windows: TokenWindows, batch_size: int, seed: int, rank: int = 0, start_batch: int = 0
+        self,
+        windows: TokenWindows,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        start_batch: int = 0,
+        world_size: int = 1,
     ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size}")
         self.windows = windows
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
+        self.world_size = world_size
         self.start_batch = start_batch
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, k])
-        tokens = self.windows.windows(rng.integers(0, self.windows.num_windows, self.batch_size))
+        rng = np.random.default_rng([self.seed, k])
+        starts = rng.integers(0, self.windows.num_windows, self.batch_size * self.world_size)
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        tokens = self.windows.windows(mine)
         return tokens[:, :-1], tokens[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -92,12 +112,28 @@ class RandomTrainBatches(IterableDataset):
 
 
 class FixedValWindows(Dataset):
-    """`count` windows spread evenly over the val split (fewer if the split is smaller)."""
+    """Windows spread evenly over the val split, the same ones on every evaluation.
 
-    def __init__(self, windows: TokenWindows, count: int):
+    `count` windows in all (fewer if the split is smaller), rounded down to whole global
+    batches of `batch_size * world_size` so that every batch has one shape (a short last batch
+    would make torch.compile recompile); rank r takes every world_size-th window from r on.
+    """
+
+    def __init__(
+        self,
+        windows: TokenWindows,
+        count: int,
+        batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.windows = windows
         count = min(count, windows.num_windows)
-        self.indices = np.linspace(0, windows.num_windows - 1, count).round().astype(np.int64)
+        whole = count // (batch_size * world_size) * batch_size * world_size
+        count = whole or count  # a split smaller than one global batch: keep what there is
+        spread = np.linspace(0, windows.num_windows - 1, count).round().astype(np.int64)
+        self.total = count  # windows over all ranks
+        self.indices = spread[rank::world_size]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -139,25 +175,40 @@ class TokenShardDataModule(pl.LightningDataModule):
         if self.train_windows is None:
             self.check()
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def train_dataloader(self) -> DataLoader:
         # Resume: continue the batch sequence where the restored optimizer step left it.
         step = self.trainer.global_step if self.trainer is not None else 0
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+        rank, world = self._rank_and_world()
         stream = RandomTrainBatches(
             self.train_windows,
             self.batch_size,
             self.seed,
             rank=rank,
             start_batch=step * self.grad_accum_steps,
+            world_size=world,
         )
         # the stream yields whole batches; own generator: see _loader_generator
         return DataLoader(stream, batch_size=None, generator=self._loader_generator())
 
     def val_dataloader(self) -> DataLoader:
-        dataset = FixedValWindows(self.val_windows, self.val_batches * self.batch_size)
+        rank, world = self._rank_and_world()
+        # val_batches global batches: the same windows whatever the number of processes
+        count = self.val_batches * self.batch_size * world
+        dataset = FixedValWindows(self.val_windows, count, self.batch_size, rank, world)
         return DataLoader(
             dataset, batch_size=self.batch_size, shuffle=False, generator=self._loader_generator()
         )
+
+    def val_tokens(self, world_size: int = 1) -> int:
+        """Target tokens one validation scores, over all ranks."""
+        count = self.val_batches * self.batch_size * world_size
+        windows = FixedValWindows(self.val_windows, count, self.batch_size, 0, world_size)
+        return windows.total * self.block_size
 
     def _loader_generator(self) -> torch.Generator:
         # Each DataLoader iterator draws a base seed from its generator, by default the global

@@ -3,11 +3,18 @@
 In: a `TrainRequest` (model and train config, token shards folder, output folder, tokenizer,
 MLflow tracking URI and run id).
 Out, under request.out_dir:
-  - checkpoints/step-NNNNNN/: resumable checkpoints (see checkpoints.py), the last few kept;
-  - final/: model.safetensors, model_config.json and tokenizer.json (when given);
+  - checkpoints/step-NNNNNN/: resumable checkpoints (see checkpoints.py), the last few kept,
+    and checkpoints/best/: the weights of the lowest val_loss;
+  - final/: model.safetensors, model_config.json (the last checkpoint's) and tokenizer.json;
   - train_metrics.json: steps, tokens_seen, final train/val loss, val_bpb, wall time, speed;
+  - samples/step-NNNNNN.txt: generations after each validation (with a tokenizer);
   - loss_curve.png.
 Metrics stream to the MLflow run given (or a new one) while training runs.
+
+The Trainer takes precision, gradient accumulation and clipping, strategy (auto, ddp, fsdp, ...)
+and num_nodes from the config. With several devices Lightning's launcher re-runs this process's
+command once per device, which is why training is its own process (`python -m pipeline.train`);
+under torchrun or SLURM each process is started by the launcher instead (README: Scale-out).
 
 If out_dir/checkpoints holds a complete checkpoint, training resumes from the latest one: the
 same command, rerun after a crash or a kill, continues to max_steps.
@@ -15,6 +22,7 @@ same command, rerun after a crash or a kill, continues to max_steps.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -27,19 +35,22 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
-from pipeline.model.checkpoint import save_model
+from pipeline.config import TrainConfig
+from pipeline.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights
 from pipeline.model.gpt import GPTConfig
 from pipeline.outputs import write_json_atomic
 from pipeline.train.checkpoints import (
+    BEST_FOLDER,
     TRAINER_STATE_FILE,
     StepCheckpoint,
     latest_checkpoint,
     remove_incomplete,
 )
 from pipeline.train.data import TokenShardDataModule
-from pipeline.train.lit_module import LitGPT
-from pipeline.train.progress import ProgressLines, plot_loss_curve
+from pipeline.train.lit_module import LitGPT, NonFiniteLossError, peak_flops
+from pipeline.train.progress import plot_loss_curve
 from pipeline.train.request import TrainRequest
+from pipeline.train.samples import SampleGenerations
 
 METRICS_FILE = "train_metrics.json"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -71,11 +82,71 @@ def make_logger(request: TrainRequest) -> MLFlowLogger | bool:
     )
 
 
-def _write_final(lit: LitGPT, request: TrainRequest, out_dir: Path) -> Path:
+def resolve_precision(train: TrainConfig) -> str:
+    """The Trainer precision: `auto` is bf16-mixed on a GPU that supports it, else 32-true."""
+    if train.precision != "auto":
+        return train.precision
+    gpu = train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def make_strategy(name: str) -> Any:
+    """A Lightning strategy from its config name; `fsdp` shards parameters, gradients and
+    optimizer state per transformer block (FULL_SHARD) and saves full state dicts."""
+    if name == "fsdp":
+        from pytorch_lightning.strategies import FSDPStrategy
+
+        from pipeline.model.gpt import Block
+
+        return FSDPStrategy(
+            auto_wrap_policy={Block},
+            sharding_strategy="FULL_SHARD",
+            state_dict_type="full",
+            use_orig_params=True,  # param groups by parameter, and torch.compile, keep working
+        )
+    return name
+
+
+def build_trainer(
+    train: TrainConfig,
+    out_dir: Path,
+    callbacks: list[pl.Callback],
+    logger: MLFlowLogger | bool = False,
+    progress_bar: bool = False,
+) -> pl.Trainer:
+    """The Lightning Trainer for a TrainConfig (also used by the benchmarks)."""
+    return pl.Trainer(
+        accelerator=train.accelerator,
+        devices=train.devices,
+        strategy=make_strategy(train.strategy),
+        num_nodes=train.num_nodes,
+        precision=resolve_precision(train),
+        max_steps=train.max_steps,
+        max_epochs=-1,  # the train stream is endless: max_steps ends the run
+        accumulate_grad_batches=train.grad_accum_steps,
+        gradient_clip_val=train.grad_clip or None,  # applied in LitGPT.configure_gradient_clipping
+        val_check_interval=train.val_every_steps * train.grad_accum_steps,  # in micro-batches
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=train.log_every_steps,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,  # StepCheckpoint writes our own folders
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # each rank reads its own part (data.py)
+        default_root_dir=str(out_dir),
+    )
+
+
+def _write_final(checkpoint: Path, request: TrainRequest, out_dir: Path) -> Path:
+    """final/ = the last checkpoint's model files (+ the tokenizer)."""
     final = out_dir / "final"
     tmp = out_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(lit.model, tmp)
+    tmp.mkdir(parents=True)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        shutil.copyfile(checkpoint / name, tmp / name)
     if request.tokenizer_path:
         shutil.copyfile(request.tokenizer_path, tmp / "tokenizer.json")
     if final.exists():
@@ -84,8 +155,13 @@ def _write_final(lit: LitGPT, request: TrainRequest, out_dir: Path) -> Path:
     return final
 
 
-def run_training(request: TrainRequest) -> dict[str, Any]:
-    """Train (or resume) to max_steps and write the outputs; returns the train metrics."""
+def run_training(
+    request: TrainRequest, extra_callbacks: list[pl.Callback] | None = None
+) -> dict[str, Any]:
+    """Train (or resume) to max_steps and write the outputs; returns the train metrics.
+
+    `extra_callbacks` are added to the Trainer's (tests use one to inject faults).
+    """
     started = time.perf_counter()
     model_cfg = request.model_config()
     train = request.train_config()
@@ -107,61 +183,75 @@ def run_training(request: TrainRequest) -> dict[str, Any]:
     torch.manual_seed(train.seed)  # the initial weights (a resumed run overwrites them)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on tensor cores
+
+    def print_progress(step: int, text: str) -> None:
+        print(f"step {step}/{train.max_steps} | {text}", flush=True)
+
+    use_bar = train.progress_bar and sys.stdout.isatty()
     gpt_config = GPTConfig.from_model_config(model_cfg, request.vocab_size)
-    lit = LitGPT(gpt_config, train, bytes_per_token_val=request.bytes_per_token_val)
+    lit = LitGPT(
+        gpt_config,
+        train,
+        bytes_per_token_val=request.bytes_per_token_val,
+        print_progress=None if use_bar else print_progress,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_incomplete(ckpt_root)
     resume = latest_checkpoint(ckpt_root)
     lit.resume_weights_dir = resume
+    if request.init_from and resume is None:
+        # Continue from earlier weights (an incremental run's champion) with a fresh optimizer
+        # and schedule; a resumed attempt has them in its own checkpoint already.
+        load_weights(lit.model, Path(request.init_from))
 
-    use_bar = train.progress_bar and sys.stdout.isatty()
     callbacks: list[pl.Callback] = [
         StepCheckpoint(
             ckpt_root,
             every_steps=train.checkpoint_every_steps,
             keep_last=train.keep_last_checkpoints,
             max_steps=train.max_steps,
+            val_every_steps=train.val_every_steps,
+            keep_best=train.keep_best_checkpoint,
         )
     ]
+    if request.tokenizer_path and train.sample_tokens and train.sample_prompts:
+        callbacks.append(
+            SampleGenerations(
+                request.tokenizer_path,
+                train.sample_prompts,
+                train.sample_tokens,
+                out_dir,
+                seed=train.seed,
+            )
+        )
     if use_bar:
         callbacks.append(TQDMProgressBar())
-    else:
-        callbacks.append(ProgressLines(train.log_every_steps, train.max_steps))
-    logger = make_logger(request)
-    trainer = pl.Trainer(
-        accelerator=train.accelerator,
-        devices=train.devices,
-        strategy=train.strategy,
-        num_nodes=train.num_nodes,
-        precision=train.precision,
-        max_steps=train.max_steps,
-        max_epochs=-1,  # the train stream is endless: max_steps ends the run
-        accumulate_grad_batches=train.grad_accum_steps,
-        gradient_clip_val=train.grad_clip or None,
-        val_check_interval=train.val_every_steps * train.grad_accum_steps,  # in micro-batches
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=train.log_every_steps,
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=False,  # StepCheckpoint writes our own folders
-        enable_progress_bar=use_bar,
-        enable_model_summary=False,
-        default_root_dir=str(out_dir),
-    )
+    callbacks += extra_callbacks or []
+    trainer = build_trainer(train, out_dir, callbacks, make_logger(request), progress_bar=use_bar)
 
     is_main = trainer.is_global_zero
     tokens_per_step = (
         train.batch_size * train.grad_accum_steps * model_cfg.block_size * trainer.world_size
     )
     start_step = int(resume.name.split("-")[1]) if resume else 0
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        lit.peak_flops = train.peak_flops or peak_flops(
+            torch.cuda.get_device_name(device), resolve_precision(train)
+        )
     if is_main:
-        where = f"resuming from {resume}" if resume else "from scratch"
+        where = (
+            f"resuming from {resume}"
+            if resume
+            else f"starting from {request.init_from}"
+            if request.init_from
+            else "from scratch"
+        )
         print(
-            f"training a {lit.model.num_params() / 1e6:.2f}M-param GPT for {train.max_steps} "
-            f"steps of {tokens_per_step:,} tokens on {trainer.strategy.root_device.type} "
-            f"x{trainer.world_size} ({train.precision}), {where}",
+            f"training a {lit.model.num_params() / 1e6:.2f}M-param {gpt_config.arch} GPT for "
+            f"{train.max_steps} steps of {tokens_per_step:,} tokens on {device.type} "
+            f"x{trainer.world_size} ({resolve_precision(train)}), {where}",
             flush=True,
         )
 
@@ -169,12 +259,17 @@ def run_training(request: TrainRequest) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         fit_started = time.perf_counter()
-        trainer.fit(
-            lit,
-            datamodule=data,
-            ckpt_path=str(resume / TRAINER_STATE_FILE) if resume else None,
-            weights_only=True,  # the .ckpt holds no pickled objects, only tensors and numbers
-        )
+        try:
+            trainer.fit(
+                lit,
+                datamodule=data,
+                ckpt_path=str(resume / TRAINER_STATE_FILE) if resume else None,
+                weights_only=True,  # the .ckpt holds no pickled objects, only tensors and numbers
+            )
+        except NonFiniteLossError as exc:
+            last = latest_checkpoint(ckpt_root)
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+            raise NonFiniteLossError(f"{exc}; {where}") from None
         fit_seconds = time.perf_counter() - fit_started
         if lit.last_val_step != trainer.global_step:
             trainer.validate(lit, datamodule=data, verbose=False)
@@ -187,6 +282,7 @@ def run_training(request: TrainRequest) -> dict[str, Any]:
         "val_loss": lit.last_val.get("val_loss"),
         "val_ppl": lit.last_val.get("val_ppl"),
         "val_bpb": lit.last_val.get("val_bpb"),
+        "val_tokens": data.val_tokens(trainer.world_size),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "tokens_per_second": round((steps - start_step) * tokens_per_step / fit_seconds, 1)
         if steps > start_step
@@ -194,13 +290,21 @@ def run_training(request: TrainRequest) -> dict[str, Any]:
         "num_params": lit.model.num_params(non_embedding=False),
         "num_params_non_embedding": lit.model.num_params(),
         "flops_per_token": lit.model.flops_per_token(),
+        "arch": gpt_config.arch,
+        "skipped_steps": len(lit.skipped_steps),
         "resumed_from_step": start_step if resume else None,
-        "device": trainer.strategy.root_device.type,
+        "device": device.type,
         "world_size": trainer.world_size,
-        "precision": train.precision,
+        "precision": resolve_precision(train),
     }
+    best = ckpt_root / BEST_FOLDER / "best.json"
+    if is_main and best.is_file():
+        metrics["best_val_loss"] = json.loads(best.read_text())["val_loss"]
     if is_main:
-        _write_final(lit, request, out_dir)
+        last = latest_checkpoint(ckpt_root)
+        if last is None:
+            raise RuntimeError(f"training ended without a checkpoint in {ckpt_root}")
+        _write_final(last, request, out_dir)
         plot_loss_curve(
             lit.history, out_dir / LOSS_CURVE_FILE, title=f"{metrics['num_params'] / 1e6:.2f}M GPT"
         )

@@ -31,6 +31,7 @@ class TrainRequest:
     mlflow_run_id: str | None = None  # an existing run to log into; None: a new run
     mlflow_experiment: str = "llmpipe"  # used only when a new run is created
     bytes_per_token_val: float | None = None  # for val bits per byte
+    init_from: str | None = None  # a model folder whose weights start training (not a resume)
 
     @classmethod
     def from_configs(cls, model: ModelConfig, train: TrainConfig, **kwargs: Any) -> TrainRequest:

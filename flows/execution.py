@@ -1,0 +1,82 @@
+"""Where the data stages' units of work run: this process, local processes, or a Dask cluster.
+
+In: the config's `execution` section. Out: for the flow, a started prefect-dask
+`DaskTaskRunner` (or None) that the data-stage tasks are submitted to; for a stage task, an
+executor (pipeline/parallel.py) whose `map` runs the stage's units.
+
+With `execution.runner: dask`, the flow starts a `DaskTaskRunner` on a local cluster of
+`execution.workers` worker processes (one thread each), or connects to the scheduler at
+`execution.dask_address`. The data stages (`DASK_STAGES`) are submitted to it, so each runs as
+a Prefect task on a Dask worker; inside, `prefect_dask.get_dask_client()` gives a client of the
+same cluster and the stage's units are mapped over all its workers (`DaskExecutor`). Other
+stages (training launches its own process) run in the flow's process as before. Stage outputs
+are files: a remote cluster's workers need the work dir on a shared file system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect.states import State
+
+from pipeline.config import ExecutionConfig
+from pipeline.parallel import DaskExecutor, make_executor
+
+DASK_STAGES = frozenset({"ingest", "clean", "dedup"})
+
+
+def open_task_runner(execution: ExecutionConfig) -> Any | None:
+    """A started `DaskTaskRunner` when the config asks for Dask, else None."""
+    if execution.runner != "dask":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if execution.dask_address:
+        runner = DaskTaskRunner(address=execution.dask_address)
+    else:
+        runner = DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": execution.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,  # no web server needed; none to collide with
+            }
+        )
+    return runner.__enter__()
+
+
+def close_task_runner(runner: Any | None) -> None:
+    if runner is not None:
+        runner.__exit__(None, None, None)
+
+
+def run_on(runner: Any | None, stage: str, task: Any, parameters: dict[str, Any]) -> State:
+    """Run a stage task: submitted to the Dask runner for data stages, else in this process;
+    returns its final state either way."""
+    if runner is None or stage not in DASK_STAGES:
+        return task(**parameters, return_state=True)
+    future = runner.submit(task, parameters=parameters)
+    future.wait()
+    return future.state
+
+
+@contextmanager
+def stage_executor(execution: ExecutionConfig) -> Iterator[Any]:
+    """The executor a stage task maps its units with (see the module docstring)."""
+    if execution.runner == "dask":
+        from distributed import get_worker
+        from prefect_dask import get_dask_client
+
+        try:
+            get_worker()
+        except ValueError:  # a task in the flow's process (not a data stage): stay local
+            with make_executor(execution.workers) as executor:
+                yield executor
+            return
+        with get_dask_client() as client:
+            yield DaskExecutor(client)
+        return
+    with make_executor(execution.workers) as executor:
+        yield executor

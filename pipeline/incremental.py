@@ -1,0 +1,174 @@
+"""Incremental runs: what the earlier runs of a config took in, and what the next one builds on.
+
+In: a config with `run.mode: incremental`, its work dir, and the MLflow registry. The record
+of earlier increments lives in `<workdir>/incremental/<config name>/`:
+  - `increments.json`: one entry per successful increment (its stage outputs, the registered
+    version), written atomically;
+  - `seen/increment-NNNN.parquet`: the keys of every document each increment ingested: its id,
+    its URL and a hash of its text.
+Out:
+  - `resolve(config, workdir, tracking_uri)`: the config of the next increment, with the `run`
+    fields (and `dedup.previous`) filled from the record: skip what was ingested before, dedup
+    against everything kept so far (the last dedup output's signatures), keep the first
+    tokenizer, evaluate on the first increment's held-out split, start pretraining from the
+    current `@champion`. With no earlier increment, the config is returned unchanged (a full run).
+  - `drop_seen(shards_dir, seen_dir)`: removes already-ingested documents from ingest shards.
+  - `record(config, workdir, results)`: adds the finished run to the record.
+No orchestrator imports here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import PipelineConfig
+from pipeline.outputs import write_json_atomic
+
+SEEN_DIR = "seen"
+
+
+def state_dir(workdir: Path, config: PipelineConfig) -> Path:
+    return Path(workdir) / "incremental" / config.name
+
+
+def increments(workdir: Path, config: PipelineConfig) -> list[dict[str, Any]]:
+    path = state_dir(workdir, config) / "increments.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def text_key(text: str) -> str:
+    return "text:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def document_keys(ids: list[str], urls: list[str | None], texts: list[str]) -> list[list[str]]:
+    """Each document's keys: a document is old when any of them was seen."""
+    return [
+        [f"id:{i}", *([f"url:{u}"] if u else []), text_key(t)]
+        for i, u, t in zip(ids, urls, texts, strict=True)
+    ]
+
+
+def _shards(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("part-*.parquet"))
+
+
+def seen_keys(seen_dir: Path) -> set[str]:
+    keys: set[str] = set()
+    for path in sorted(Path(seen_dir).glob("increment-*.parquet")):
+        keys.update(pq.read_table(path, columns=["key"]).column("key").to_pylist())
+    return keys
+
+
+def drop_seen(shards_dir: Path, seen_dir: str | Path) -> dict[str, int]:
+    """Remove the documents an earlier increment ingested; return how many, by source."""
+    seen = seen_keys(Path(seen_dir))
+    dropped: dict[str, int] = {}
+    for path in _shards(shards_dir):
+        table = pq.read_table(path)
+        keys = document_keys(
+            table.column("id").to_pylist(),
+            table.column("url").to_pylist(),
+            table.column("text").to_pylist(),
+        )
+        old = [any(k in seen for k in doc) for doc in keys]
+        if not any(old):
+            continue
+        for source, is_old in zip(table.column("source").to_pylist(), old, strict=True):
+            if is_old:
+                dropped[source] = dropped.get(source, 0) + 1
+        kept = table.filter(pc.invert(pa.array(old)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(kept, tmp)
+        tmp.replace(path)
+    return dropped
+
+
+def resolve(config: PipelineConfig, workdir: Path, tracking_uri: str | None) -> PipelineConfig:
+    """The config of the next increment (unchanged for a full run or the first increment)."""
+    if config.run.mode != "incremental":
+        return config
+    done = increments(workdir, config)
+    if not done:
+        return config
+    first, last = done[0], done[-1]
+    run = config.run.model_copy(
+        update={
+            "seen_before": config.run.seen_before or str(state_dir(workdir, config) / SEEN_DIR),
+            "tokenizer_from": config.run.tokenizer_from or first["tokenizer"],
+            "heldout_from": config.run.heldout_from or first["shards"],
+            "init_from": config.run.init_from or _champion(config, tracking_uri),
+        }
+    )
+    dedup = config.dedup.model_copy(update={"previous": config.dedup.previous or last["dedup"]})
+    return config.model_copy(update={"run": run, "dedup": dedup})
+
+
+def _champion(config: PipelineConfig, tracking_uri: str | None) -> str | None:
+    """`models:/NAME/VERSION` of the current champion (a version, so the fingerprint is exact)."""
+    if not tracking_uri:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name = config.register.model_name
+    try:
+        version = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    return f"models:/{name}/{version.version}"
+
+
+def record(config: PipelineConfig, workdir: Path, results: dict[str, dict[str, Any]]) -> None:
+    """Add a finished increment: its outputs and the keys of the documents it ingested."""
+    needed = ("ingest", "dedup", "tokenizer", "shards", "pretrain", "register")
+    if config.run.mode != "incremental" or not all(stage in results for stage in needed):
+        return  # a partial run, or one that found nothing new: no increment to build on
+    folder = state_dir(workdir, config)
+    done = increments(workdir, config)
+    number = len(done) + 1
+    seen = folder / SEEN_DIR
+    seen.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for path in _shards(Path(results["ingest"]["output"])):
+        table = pq.read_table(path, columns=["id", "url", "text"])
+        for doc in document_keys(
+            table.column("id").to_pylist(),
+            table.column("url").to_pylist(),
+            table.column("text").to_pylist(),
+        ):
+            keys.extend(doc)
+    tmp = seen / f".increment-{number:04d}.parquet.tmp"
+    pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), tmp)
+    tmp.replace(seen / f"increment-{number:04d}.parquet")
+    registered = (results.get("register") or {}).get("registered") or {}
+    done.append(
+        {
+            "increment": number,
+            **{
+                stage: results[stage]["output"]
+                for stage in ("ingest", "dedup", "tokenizer", "shards", "pretrain")
+                if stage in results
+            },
+            "documents": (results["ingest"].get("counts") or {}).get("documents"),
+            "registered": registered.get("model_uri"),
+            "promoted": registered.get("promoted"),
+        }
+    )
+    write_json_atomic(folder / "increments.json", done)
+
+
+def nothing_new(config: PipelineConfig, stage: str, manifest: dict[str, Any]) -> bool:
+    """True when an incremental run has no new document left after `stage`: it stops there."""
+    if config.run.mode != "incremental":
+        return False
+    counts = manifest.get("counts") or {}
+    key = {"ingest": "documents", "clean": "kept", "dedup": "kept"}.get(stage)
+    return key is not None and counts.get(key) == 0

@@ -1,0 +1,106 @@
+"""Units of work for ingest: source configs in, a deterministic list of `Unit`s out.
+
+A unit is what one worker reads on its own: one record file; a byte range of a large
+uncompressed JSONL file (cut at line ends, with the number of its first line, so locators and
+ids are the same as reading the file whole); one WARC file; a group of HTML or feed files; one
+data file, or the whole dataset, of a Hugging Face source. A source that matches no files is a
+unit too, one that only reports its problem, so everything keeps the order of the config.
+
+The list depends on the sources, their files and `split_bytes` only, never on the number of
+workers; units are numbered in order and the merge step concatenates their outputs in that
+order, so the stage's output is the same for any executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.ingest.files import file_name, file_size, is_url, match_source_files
+from pipeline.ingest.hf import plan_hf
+from pipeline.ingest.readers import ByteSpan, ReadProblem
+
+WEB_TYPES = frozenset({"warc", "html", "feed"})
+GROUP_FILES = 200  # HTML pages or feeds per unit: small files, one Parquet part per unit
+SCAN_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Unit:
+    source_index: int
+    files: tuple[tuple[str, Any], ...] = ()  # (display name, path or URL)
+    span: ByteSpan | None = None
+    hf_mode: str | None = None  # "disk" | "files" | "hub" for hf sources
+    problem: ReadProblem | None = None  # the source matched nothing: report it
+
+
+def split_line_file(file: Path, split_bytes: int) -> list[ByteSpan]:
+    """Byte ranges of about `split_bytes`, each starting at a line start, with line numbers."""
+    size = file.stat().st_size
+    cuts = [0]
+    with file.open("rb") as handle:
+        while cuts[-1] + split_bytes < size:
+            handle.seek(cuts[-1] + split_bytes - 1)
+            handle.readline()  # to the end of the line that the cut falls in
+            cut = handle.tell()
+            if cut >= size:
+                break
+            cuts.append(cut)
+    spans = [ByteSpan(a, b, 0) for a, b in zip(cuts, [*cuts[1:], size], strict=True)]
+    return _number_spans(file, spans)
+
+
+def _number_spans(file: Path, spans: list[ByteSpan]) -> list[ByteSpan]:
+    """Each span's first line number: one pass counts the newlines before each start
+    (bytes.count runs at memory speed)."""
+    numbered = []
+    line, position = 1, 0
+    with file.open("rb") as handle:
+        for span in spans:
+            while position < span.start:
+                block = handle.read(min(SCAN_BLOCK, span.start - position))
+                if not block:
+                    break
+                line += block.count(b"\n")
+                position += len(block)
+            numbered.append(ByteSpan(span.start, span.end, line))
+    return numbered
+
+
+def plan_units(sources: list[Any], base_dir: str | Path, split_bytes: int) -> list[Unit]:
+    units: list[Unit] = []
+    for index, source in enumerate(sources):
+        if source.type == "hf":
+            plan = plan_hf(source, base_dir)
+            if isinstance(plan, ReadProblem):
+                units.append(Unit(index, problem=plan))
+            elif plan[0] == "files":
+                units += [Unit(index, (f,), hf_mode="files") for f in plan[1]]
+            else:
+                units.append(Unit(index, hf_mode=plan[0]))
+            continue
+        matched = match_source_files(source.type, source.path, base_dir)
+        if matched.problem:
+            detail = f"{matched.detail} ({matched.resolved})"
+            units.append(Unit(index, problem=ReadProblem(matched.problem, source.path, detail)))
+            continue
+        files = list(zip(matched.names, matched.files, strict=True))
+        if source.type in ("html", "feed"):
+            for start in range(0, len(files), GROUP_FILES):
+                units.append(Unit(index, tuple(files[start : start + GROUP_FILES])))
+            continue
+        for name, file in files:
+            splittable = (
+                source.type == "jsonl"
+                and not is_url(file)
+                and not file_name(file).lower().endswith(".gz")
+                and file_size(file) > split_bytes
+            )
+            if splittable:
+                units += [
+                    Unit(index, ((name, file),), span=s) for s in split_line_file(file, split_bytes)
+                ]
+            else:
+                units.append(Unit(index, ((name, file),)))
+    return units
