@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from train_common import environment, lightning_run, markdown_table, text_shards  # noqa: E402
 
 from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
@@ -34,8 +35,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--arch", choices=["gpt2", "llama"], default="llama")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model_cfg = ModelConfig(
         arch=args.arch, n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False
