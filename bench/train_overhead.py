@@ -114,10 +114,11 @@ def main() -> int:
         ],
         rows,
     )
+    threads = f" --threads {args.threads}" if args.threads else ""
     report = (
         "# Lightning overhead on the CPU\n\n"
         f"`python bench/train_overhead.py --rounds {args.rounds} --steps {args.steps} "
-        f"--warmup {args.warmup}`; {environment()}.\n"
+        f"--warmup {args.warmup}{threads}`; {environment()}.\n"
         f"Tokens/s over steps {args.warmup + 1}..{args.steps} (fp32, no compile); ratio = "
         "Lightning / plain loop, per alternating pair. Goal: >= 0.95.\n\n" + table + "\n"
     )
