@@ -44,7 +44,7 @@ from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 
 # Training resumes from its last checkpoint and registry writes can meet a locked SQLite
 # database: both are worth a retry. Data stages fail for reasons a retry does not change.
-RETRIES = {"pretrain": 1, "register": 2}
+RETRIES = {"pretrain": 1, "finetune": 1, "register": 2}
 SMALL_ARTIFACT_BYTES = 5 * 1024 * 1024
 # MLflow prints each run's URL (credentials of the tracking URI included) to stdout, which a
 # worker keeps in its log; the flow's own artifacts and summary carry clean links instead.

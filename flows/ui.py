@@ -142,15 +142,35 @@ def log_run_plots(
     from pipeline.tracking.plots import eval_summary_plot
 
     logged = []
-    pretrain = results.get("pretrain")
-    if pretrain:
-        curve = Path(pretrain["output"]) / (pretrain.get("files") or {}).get(
+    for stage, folder in (("pretrain", "plots"), ("finetune", "plots/finetune")):
+        trained = results.get(stage)
+        if not trained:
+            continue
+        curve = Path(trained["output"]) / (trained.get("files") or {}).get(
             "loss_curve", "loss_curve.png"
         )
         if curve.is_file():
-            tracker.log_artifact(parent_id, curve, "plots")
-            logged.append(f"plots/{curve.name}")
+            tracker.log_artifact(parent_id, curve, folder)
+            logged.append(f"{folder}/{curve.name}")
     evaluation = results.get("evaluate")
+    base = {
+        k.removeprefix("base_"): v
+        for k, v in ((evaluation or {}).get("metrics") or {}).items()
+        if k.startswith("base_")
+    }
+    if base:  # fine-tuned vs the model it started from, on the application tasks
+        scratch.mkdir(parents=True, exist_ok=True)
+        path = eval_summary_plot(
+            {k: v for k, v in evaluation["metrics"].items() if k in base},
+            scratch / "finetune_before_after.png",
+            title="Fine-tuning: task metrics before and after",
+            baseline=base,
+            baseline_label="before",
+            label="fine-tuned",
+        )
+        if path is not None:
+            tracker.log_artifact(parent_id, path, "plots")
+            logged.append("plots/finetune_before_after.png")
     if evaluation and evaluation.get("metrics"):
         baseline, label = _champion_metrics(tracker, results.get("register"))
         scratch.mkdir(parents=True, exist_ok=True)

@@ -503,6 +503,80 @@ class GenerationsTask(_EvalTask):
     type: Literal["generations"]
 
 
+# ------------------------------------------------------------- application tasks (fine-tuning)
+
+
+class _ApplicationTask(_FileEvalTask):
+    """A task made of (prompt, response) examples read from local files.
+
+    The same entry serves fine-tuning (`finetune.tasks`: the train part of the examples) and
+    evaluation (`evaluate.tasks`: the held-out part), so a config usually writes it once with a
+    YAML anchor. Examples are split by a hash of their text: `eval_fraction` of them are held
+    out, the same ones in every run; with `eval_path` the held-out examples come from that file.
+    """
+
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of the examples held out for evaluation (by hash)"
+    )
+    eval_path: str | None = Field(
+        None, description="a separate file of evaluation examples (eval_fraction then unused)"
+    )
+    prompt_template: str | None = Field(
+        None, description="str.format template of the prompt; None: the task type's default"
+    )
+    response_template: str | None = Field(
+        None, description="str.format template of the response; None: ' {answer}'"
+    )
+    weight: float = Field(1.0, gt=0, description="fine-tuning: sampling weight among the tasks")
+    max_new_tokens: int = Field(32, gt=0, description="evaluation: greedy generation length")
+
+
+class QATask(_ApplicationTask):
+    """Extractive question answering: SQuAD-format JSON (or JSONL with context, question and
+    answers); SQuAD 2.0's unanswerable questions get `no_answer` as their response."""
+
+    type: Literal["qa"]
+    no_answer: str = Field("no answer", min_length=1)
+
+
+class SummarizationTask(_ApplicationTask):
+    """(article, summary) pairs from JSONL or CSV."""
+
+    type: Literal["summarization"]
+    article_field: str = "article"
+    summary_field: str = "summary"
+
+
+class TranslationTask(_ApplicationTask):
+    """Parallel text: JSONL/CSV/TSV with one field per language (named by `source_lang` and
+    `target_lang`), or `path` (source side) and `target_path` with one sentence per line."""
+
+    type: Literal["translation"]
+    source_lang: str = Field(min_length=1, description="language code, also the source field")
+    target_lang: str = Field(min_length=1, description="language code, also the target field")
+    target_path: str | None = Field(
+        None, description="plain-text target side, aligned line by line with `path`"
+    )
+
+
+class ClassificationTask(_ApplicationTask):
+    """(text, label) pairs; each label becomes an answer word, and evaluation scores every
+    answer word by log-likelihood (no free generation)."""
+
+    type: Literal["classification"]
+    text_field: str = "text"
+    label_field: str = "label"
+    labels: dict[str, str] = Field(
+        min_length=2, description="label value (as written in the data) -> its answer word"
+    )
+
+
+ApplicationTaskConfig = Annotated[
+    QATask | SummarizationTask | TranslationTask | ClassificationTask,
+    Field(discriminator="type"),
+]
+APPLICATION_TASK_TYPES = ("qa", "summarization", "translation", "classification")
+
 EvalTaskConfig = Annotated[
     HeldoutTask
     | PerplexityTask
@@ -510,7 +584,11 @@ EvalTaskConfig = Annotated[
     | HellaSwagTask
     | LambadaTask
     | MultipleChoiceTask
-    | GenerationsTask,
+    | GenerationsTask
+    | QATask
+    | SummarizationTask
+    | TranslationTask
+    | ClassificationTask,
     Field(discriminator="type"),
 ]
 DEFAULT_TASK_NAMES = {
@@ -521,6 +599,10 @@ DEFAULT_TASK_NAMES = {
     "lambada": "lambada",
     "multiple_choice": "mc",
     "generations": "generations",
+    "qa": "qa",
+    "summarization": "summarization",
+    "translation": "translation",
+    "classification": "classification",
 }
 
 
@@ -543,6 +625,11 @@ class EvaluateConfig(Section):
     temperature: float = Field(0.8, ge=0)
     top_k: int | None = Field(50, gt=0)
     seed: int = 1234
+    compare_base: bool = Field(
+        True,
+        description="after fine-tuning, also score the application tasks (qa, summarization, "
+        "translation, classification) on the model it started from: base_<task>_<metric>",
+    )
     device: str = operational("auto", description="auto: cuda when available, else cpu")
 
     @field_validator("tasks")
@@ -553,6 +640,74 @@ class EvaluateConfig(Section):
         if repeated:
             raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
         return tasks
+
+
+def _finetune_train_defaults() -> TrainConfig:
+    return TrainConfig(
+        max_steps=200,
+        learning_rate=3e-4,
+        min_lr=3e-5,
+        warmup_steps=20,
+        weight_decay=0.0,
+        val_every_steps=50,
+        val_batches=10,
+        checkpoint_every_steps=50,
+        sample_tokens=0,
+    )
+
+
+class LoraConfig(Section):
+    """Low-rank adapters (LoRA) on the attention and MLP projections; only they train, and they
+    are merged into the weights when the fine-tune is saved."""
+
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0, description="scale = alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] = Field(
+        default_factory=lambda: [
+            "attn.c_attn",
+            "attn.c_proj",
+            "mlp.c_fc",
+            "mlp.c_proj",
+            "mlp.c_gate",
+        ],
+        min_length=1,
+        description="projection names (suffixes of module names) that get adapters",
+    )
+
+
+class FinetuneConfig(Section):
+    """Supervised fine-tuning on (prompt, response) pairs, loss on the response tokens only.
+
+    No tasks: no fine-tuning stage (evaluate and register take the pretrained model).
+    """
+
+    tasks: list[ApplicationTaskConfig] = Field(
+        default_factory=list, description="the tasks to fine-tune on, mixed by their weights"
+    )
+    init_from: str | None = Field(
+        None,
+        description="None: the pipeline's pretrained model; else a model folder (ours, or a "
+        "Hugging Face GPT-2-format folder), or an MLflow URI (models:/NAME@champion)",
+    )
+    packing: bool = Field(
+        True, description="several examples per row (attention kept within each); else one"
+    )
+    lora: LoraConfig | None = Field(None, description="None: full fine-tuning")
+    train: TrainConfig = Field(default_factory=_finetune_train_defaults)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_names(cls, tasks: list[Any]) -> list[Any]:
+        names = [task_name(t) for t in tasks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
+        return tasks
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tasks)
 
 
 class RegisterConfig(Section):
@@ -611,7 +766,10 @@ warnings.filterwarnings("ignore", message='Field name "register"', category=User
 
 class PipelineConfig(Section):
     name: str = "llmpipe"
-    sources: list[SourceConfig] = Field(min_length=1)
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="what to pretrain on; none needed when fine-tuning starts from finetune.init_from",
+    )
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
@@ -619,6 +777,7 @@ class PipelineConfig(Section):
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register: RegisterConfig = Field(default_factory=RegisterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -626,6 +785,16 @@ class PipelineConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     workdir: str = operational("work", description="where stage outputs live")
     base_dir: str = operational(".", description="relative source paths resolve from here")
+
+    @model_validator(mode="after")
+    def _sources_when_pretraining(self) -> PipelineConfig:
+        outside_start = self.finetune.enabled and self.finetune.init_from
+        if not self.sources and not outside_start:
+            raise ValueError(
+                "sources: at least one source is needed to pretrain (or fine-tune a model "
+                "given in finetune.init_from, with finetune.tasks)"
+            )
+        return self
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -639,7 +808,8 @@ def fingerprint_fields(section: BaseModel) -> dict[str, Any]:
         if isinstance(extra, dict) and extra.get("operational"):
             continue
         value = getattr(section, name)
-        out[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        # a nested section (finetune.train) drops its operational fields too
+        out[name] = fingerprint_fields(value) if isinstance(value, BaseModel) else value
     return out
 
 
@@ -671,6 +841,8 @@ def _describe(error: dict[str, Any]) -> str:
         )
     if kind == "union_tag_not_found":
         return f"{loc}: a {what} needs a 'type' key"
+    if kind == "value_error" and not loc:  # a whole-config rule: its message names the keys
+        return str(error["msg"]).removeprefix("Value error, ")
     return f"{loc}: {error['msg']} (got {error.get('input')!r})"
 
 
@@ -711,16 +883,22 @@ def validate_config(raw: dict[str, Any]) -> PipelineConfig:
 def missing_eval_files(config: PipelineConfig) -> list[str]:
     """One line per evaluation task whose file is absent and not marked `missing: skip`."""
     lines = []
-    for number, task in enumerate(config.evaluate.tasks):
-        path = getattr(task, "path", None)
-        if path is None or task.missing == "skip":
+    tasks = [("evaluate", n, t) for n, t in enumerate(config.evaluate.tasks)]
+    tasks += [("finetune", n, t) for n, t in enumerate(config.finetune.tasks)]
+    for section, number, task in tasks:
+        if getattr(task, "missing", "error") == "skip" and section == "evaluate":
             continue
-        resolved = resolve_path(config, path)
-        if not glob.glob(resolved) and not Path(resolved).exists():
-            lines.append(
-                f"evaluate.tasks.{number}.path: no such file for task {task_name(task)!r}: "
-                f"{resolved} (set `missing: skip` to skip the task when the file is absent)"
-            )
+        for key in ("path", "eval_path", "target_path"):
+            path = getattr(task, key, None)
+            if path is None:
+                continue
+            resolved = resolve_path(config, path)
+            if not glob.glob(resolved) and not Path(resolved).exists():
+                hint = " (set `missing: skip` to skip the task when the file is absent)"
+                lines.append(
+                    f"{section}.tasks.{number}.{key}: no such file for task "
+                    f"{task_name(task)!r}: {resolved}" + (hint if section == "evaluate" else "")
+                )
     return lines
 
 

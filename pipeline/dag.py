@@ -55,6 +55,12 @@ class Stage:
     depends: (
         Callable[[PipelineConfig, str | None], tuple[tuple[str, ...], dict[str, Any]]] | None
     ) = None
+    # Whether the config includes this stage at all (fine-tuning only with finetune.tasks;
+    # no pretraining, nor data stages, when fine-tuning starts from an outside model).
+    enabled: Callable[[PipelineConfig], bool] | None = None
+
+    def included(self, config: PipelineConfig) -> bool:
+        return self.enabled is None or self.enabled(config)
 
     def config_fields(self, config: PipelineConfig) -> dict[str, Any]:
         return {s: fingerprint_fields(getattr(config, s)) for s in self.sections}
@@ -195,18 +201,84 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _pretrains(config: PipelineConfig) -> bool:
+    """Pretraining (and the data stages before it) run unless fine-tuning starts elsewhere."""
+    return not (config.finetune.enabled and config.finetune.init_from)
+
+
+def _finetunes(config: PipelineConfig) -> bool:
+    return config.finetune.enabled
+
+
+def _model_stage(config: PipelineConfig) -> str:
+    """The stage whose final/ model is evaluated and registered."""
+    return "finetune" if config.finetune.enabled else "pretrain"
+
+
+def _finetune(ctx: StageContext) -> dict[str, Any]:
+    from pipeline.finetune.stage import run_finetune_stage
+
+    return run_finetune_stage(
+        ctx.config,
+        ctx.inputs.get("pretrain"),
+        ctx.out,
+        ctx.tracking_uri,
+        ctx.mlflow_run_id,
+        ctx.log,
+        launch_training,
+    )
+
+
+def _finetune_depends(
+    config: PipelineConfig, tracking_uri: str | None
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    reads = () if config.finetune.init_from else ("pretrain",)
+    return reads, {"finetune": fingerprint_fields(config.finetune)}
+
+
+def _finetune_inputs(config: PipelineConfig, tracking_uri: str | None) -> list[str]:
+    from pipeline.finetune.examples import task_input_files
+    from pipeline.finetune.stage import init_identity
+    from pipeline.ingest.files import file_content_digest
+
+    files = [
+        f"{path.name}:{file_content_digest(path)}"
+        for task in config.finetune.tasks
+        for path in task_input_files(task, config.base_dir)
+    ]
+    return init_identity(config, tracking_uri) + files
+
+
+def _evaluate_depends(
+    config: PipelineConfig, tracking_uri: str | None
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    reads = (_model_stage(config), "shards") if _pretrains(config) else ("finetune",)
+    return reads, {"evaluate": fingerprint_fields(config.evaluate)}
+
+
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
     from pipeline.evaluate import run_evaluation
 
-    shards = json.loads((ctx.inputs["shards"] / "_manifest.json").read_text())
+    model_stage = _model_stage(ctx.config)
+    shards_dir = ctx.inputs.get("shards")
+    bytes_per_token = None
+    if shards_dir is not None:
+        shards = json.loads((shards_dir / "_manifest.json").read_text())
+        bytes_per_token = float(shards["stats"]["bytes_per_token_val"])
+    base_dir = None
+    if model_stage == "finetune" and ctx.config.evaluate.compare_base:
+        from pipeline.finetune.stage import base_model_dir
+
+        base_dir = base_model_dir(ctx.inputs["finetune"])
     result = run_evaluation(
-        ctx.inputs["pretrain"] / "final",
+        ctx.inputs[model_stage] / "final",
         ctx.config.evaluate,
         ctx.config.base_dir,
         ctx.out,
-        shards_dir=ctx.inputs["shards"],
-        bytes_per_token=float(shards["stats"]["bytes_per_token_val"]),
+        shards_dir=shards_dir,
+        bytes_per_token=bytes_per_token,
         log=ctx.log,
+        base_model_dir=base_dir,
     )
     return {
         "metrics": result["metrics"],
@@ -232,32 +304,52 @@ def _register(ctx: StageContext) -> dict[str, Any]:
     from pipeline.tracking.registry import PromotionRule, git_commit
 
     evaluation = json.loads((ctx.inputs["evaluate"] / "_manifest.json").read_text())
-    shards = json.loads((ctx.inputs["shards"] / "_manifest.json").read_text())
     cfg = ctx.config.register
     tags = {
-        "llmpipe.data_fingerprint": ctx.inputs["shards"].name,
-        "llmpipe.documents_fingerprint": str((shards.get("inputs") or {}).get("dedup", "")),
-        "llmpipe.tokenizer_fingerprint": ctx.inputs["tokenizer"].name,
-        "llmpipe.pretrain_fingerprint": ctx.inputs["pretrain"].name,
         "llmpipe.eval_fingerprint": ctx.inputs["evaluate"].name,
         "llmpipe.config_hash": config_hash(ctx.config),
-        "llmpipe.pretrain_output": str(ctx.inputs["pretrain"]),
-        "llmpipe.shards_output": str(ctx.inputs["shards"]),
         "llmpipe.eval_tasks": ",".join(
             sorted({row["task"] for row in evaluation.get("eval_table", [])} - {"model"})
         ),
         **git_commit(),
     }
+    if "shards" in ctx.inputs:  # the data the model was pretrained on
+        shards = json.loads((ctx.inputs["shards"] / "_manifest.json").read_text())
+        tags.update(
+            {
+                "llmpipe.data_fingerprint": ctx.inputs["shards"].name,
+                "llmpipe.documents_fingerprint": str((shards.get("inputs") or {}).get("dedup", "")),
+                "llmpipe.tokenizer_fingerprint": ctx.inputs["tokenizer"].name,
+                "llmpipe.pretrain_fingerprint": ctx.inputs["pretrain"].name,
+                "llmpipe.pretrain_output": str(ctx.inputs["pretrain"]),
+                "llmpipe.shards_output": str(ctx.inputs["shards"]),
+            }
+        )
+    if "finetune" in ctx.inputs:
+        tags["llmpipe.finetune_fingerprint"] = ctx.inputs["finetune"].name
+        tags["llmpipe.finetune_output"] = str(ctx.inputs["finetune"])
+        tags["llmpipe.finetune_init"] = ctx.config.finetune.init_from or "pretrain"
     result = register_model_dir(
         ctx.tracking_uri,
         ctx.mlflow_run_id,
-        ctx.inputs["pretrain"] / "final",
+        ctx.inputs[_model_stage(ctx.config)] / "final",
         cfg.model_name,
         evaluation["metrics"],
         PromotionRule(cfg.metric, cfg.mode, cfg.min_improvement),
         tags=tags,
     )
     return {"registered": result}
+
+
+def _register_depends(
+    config: PipelineConfig, tracking_uri: str | None
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    reads: tuple[str, ...] = ("evaluate",)
+    if _pretrains(config):
+        reads += ("pretrain", "shards", "tokenizer")
+    if _finetunes(config):
+        reads += ("finetune",)
+    return reads, {"register": fingerprint_fields(config.register)}
 
 
 def _registry_identity(config: PipelineConfig, tracking_uri: str | None) -> list[str]:
@@ -267,14 +359,50 @@ def _registry_identity(config: PipelineConfig, tracking_uri: str | None) -> list
     return [redact(tracking_uri or "")]
 
 
+DATA = _pretrains  # the data stages feed pretraining only
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", 2, (), ("ingest",), _ingest, external=_ingest_inputs),
-    Stage("clean", 2, ("ingest",), ("clean",), _clean),
-    Stage("dedup", 2, ("clean",), ("dedup",), _dedup),
-    Stage("tokenizer", 2, ("dedup",), ("tokenizer",), _tokenizer, depends=_tokenizer_depends),
-    Stage("shards", 2, ("dedup", "tokenizer"), ("shards",), _shards),
-    Stage("pretrain", 2, ("shards", "tokenizer"), ("model", "train"), _pretrain, keep_partial=True),
-    Stage("evaluate", 2, ("pretrain", "shards"), ("evaluate",), _evaluate, external=_eval_inputs),
+    Stage("ingest", 2, (), ("ingest",), _ingest, external=_ingest_inputs, enabled=DATA),
+    Stage("clean", 2, ("ingest",), ("clean",), _clean, enabled=DATA),
+    Stage("dedup", 2, ("clean",), ("dedup",), _dedup, enabled=DATA),
+    Stage(
+        "tokenizer",
+        2,
+        ("dedup",),
+        ("tokenizer",),
+        _tokenizer,
+        depends=_tokenizer_depends,
+        enabled=DATA,
+    ),
+    Stage("shards", 2, ("dedup", "tokenizer"), ("shards",), _shards, enabled=DATA),
+    Stage(
+        "pretrain",
+        2,
+        ("shards", "tokenizer"),
+        ("model", "train"),
+        _pretrain,
+        keep_partial=True,
+        enabled=_pretrains,
+    ),
+    Stage(
+        "finetune",
+        1,
+        ("pretrain",),
+        ("finetune",),
+        _finetune,
+        keep_partial=True,
+        external=_finetune_inputs,
+        depends=_finetune_depends,
+        enabled=_finetunes,
+    ),
+    Stage(
+        "evaluate",
+        2,
+        ("pretrain", "shards"),
+        ("evaluate",),
+        _evaluate,
+        external=_eval_inputs,
+        depends=_evaluate_depends,
+    ),
     Stage(
         "register",
         2,
@@ -282,10 +410,16 @@ STAGES: tuple[Stage, ...] = (
         ("register",),
         _register,
         external=_registry_identity,
+        depends=_register_depends,
     ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
+
+
+def stage_names(config: PipelineConfig) -> tuple[str, ...]:
+    """The stages this config's pipeline has, in order."""
+    return tuple(s.name for s in STAGES if s.included(config))
 
 
 # ------------------------------------------------------------------------------- planning
@@ -309,6 +443,8 @@ def plan(
     """Every stage with its fingerprinted output location, in DAG order."""
     planned: dict[str, PlannedStage] = {}
     for stage in STAGES:
+        if not stage.included(config):
+            continue
         if stage.depends:
             reads, fields = stage.depends(config, tracking_uri)
         else:
@@ -357,9 +493,15 @@ def select(
     stages: list[PlannedStage], only: list[str] | None = None, start: str | None = None
 ) -> list[PlannedStage]:
     """The stages to run for `--only a,b` or `--from a` (all of them by default)."""
+    included = [p.name for p in stages]
     for name in [*(only or []), *([start] if start else [])]:
         if name not in BY_NAME:
             raise ValueError(f"unknown stage {name!r} (stages: {', '.join(STAGE_NAMES)})")
+        if name not in included:
+            raise ValueError(
+                f"stage {name!r} is not part of this config's pipeline "
+                f"(its stages: {', '.join(included)})"
+            )
     if only:
         return [p for p in stages if p.name in only]
     if start:

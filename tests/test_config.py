@@ -51,7 +51,7 @@ def test_unknown_source_type(tmp_path):
 
 
 def test_missing_sources(tmp_path):
-    with pytest.raises(ConfigError, match="sources: required key is missing"):
+    with pytest.raises(ConfigError, match="sources: at least one source is needed to pretrain"):
         load_config(write(tmp_path, "name: x\n"))
 
 

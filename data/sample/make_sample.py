@@ -16,6 +16,15 @@ files listed in data/sample/README.md. Out, next to this script:
                                     multiple-choice format (id, context, choices, label), the
                                     context built as lm-evaluation-harness builds HellaSwag's.
 
+and in finetune/, the fine-tuning and application-evaluation samples (see finetune_samples):
+- squad_v2_sample.json              SQuAD 2.0 dev paragraphs of at most 100 words, official
+                                    JSON format, unanswerable questions included.
+- sst2_sample.jsonl                 3000 SST-2 train phrases of 4-20 words, 1500 per label
+                                    (text, label); sst2_dev_sample.jsonl: the whole SST-2 dev.
+- xsum_sample.jsonl                 150 XSum test (document, summary) pairs, documents of at
+                                    most 250 words.
+- flores_en_de_sample.jsonl         300 FLORES-200 dev sentences, English and German (id, en, de).
+
 Usage: python data/sample/make_sample.py [SHARED_DATA_DIR]
 The outputs are byte-for-byte deterministic (the gzip header carries no name or time).
 """
@@ -167,6 +176,93 @@ def hellaswag_sample(raw_path: Path) -> list[dict]:
     ]
 
 
+# ------------------------------------------------------------------------------- fine-tuning
+
+SQUAD_MAX_CONTEXT_WORDS = 100  # short paragraphs: prompts fit a 256-token quickstart model
+SST2_PER_LABEL = 1500
+# Shorter phrases ("kids , spirit") carry little sentiment; longer ones only add bytes.
+SST2_MIN_WORDS, SST2_MAX_WORDS = 4, 20
+XSUM_SIZE, XSUM_MAX_WORDS = 150, 250
+FLORES_SIZE = 300
+
+
+def squad_short_paragraphs(raw_path: Path) -> dict:
+    """The SQuAD 2.0 file with only its paragraphs of at most SQUAD_MAX_CONTEXT_WORDS words,
+    each whole (all its questions, answerable or not), in the official format."""
+    data = json.loads(raw_path.read_text(encoding="utf-8"))
+    articles = []
+    for article in data["data"]:
+        paragraphs = [
+            p for p in article["paragraphs"] if len(p["context"].split()) <= SQUAD_MAX_CONTEXT_WORDS
+        ]
+        if paragraphs:
+            articles.append({"title": article["title"], "paragraphs": paragraphs})
+    return {"version": data["version"], "data": articles}
+
+
+def _gz_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+
+
+def sst2_phrases(raw_path: Path) -> list[dict]:
+    """The first SST2_PER_LABEL distinct phrases of each label with 4 to 20 words, in file
+    order."""
+    kept, seen, per_label = [], set(), {0: 0, 1: 0}
+    for row in _gz_records(raw_path):
+        text, label = row["sentence"].strip(), int(row["label"])
+        if not SST2_MIN_WORDS <= len(text.split()) <= SST2_MAX_WORDS or text in seen:
+            continue
+        if per_label[label] < SST2_PER_LABEL:
+            seen.add(text)
+            per_label[label] += 1
+            kept.append({"text": text, "label": label})
+    return kept
+
+
+def finetune_samples(shared: Path, out: Path) -> dict[str, int]:
+    """Write the fine-tuning samples into `out`; returns the record count per file."""
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+
+    def write_jsonl(name: str, records: list[dict]) -> None:
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        (out / name).write_text(lines, encoding="utf-8")
+        counts[name] = len(records)
+
+    squad = squad_short_paragraphs(shared / "eval/squad/squad_v2_dev_subset_shared.json")
+    (out / "squad_v2_sample.json").write_text(
+        json.dumps(squad, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    counts["squad_v2_sample.json"] = sum(
+        len(p["qas"]) for a in squad["data"] for p in a["paragraphs"]
+    )
+    write_jsonl(
+        "sst2_sample.jsonl",
+        sst2_phrases(shared / "eval/sst2/sst2_glue_train_phrases_shared.jsonl.gz"),
+    )
+    dev = [
+        json.loads(line)
+        for line in (shared / "eval/sst2/sst2_glue_dev_shared.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    ]
+    write_jsonl(
+        "sst2_dev_sample.jsonl", [{"text": r["sentence"], "label": int(r["label"])} for r in dev]
+    )
+    xsum = [
+        {"id": r["id"], "document": r["document"], "summary": r["summary"]}
+        for r in _gz_records(shared / "summarization/xsum_test_shared.jsonl.gz")
+        if len(r["document"].split()) <= XSUM_MAX_WORDS
+    ]
+    write_jsonl("xsum_sample.jsonl", xsum[:XSUM_SIZE])
+    flores = _gz_records(shared / "translation/flores200/flores200_dev_24lang.jsonl.gz")
+    write_jsonl(
+        "flores_en_de_sample.jsonl",
+        [{"id": r["id"], "en": r["eng_Latn"], "de": r["deu_Latn"]} for r in flores[:FLORES_SIZE]],
+    )
+    return counts
+
+
 def main(shared: Path = DEFAULT_SHARED) -> None:
     articles = wikitext_articles(shared / "lm/wikitext-2-raw/wiki.test.raw.gz")
     write_jsonl_gz(articles, HERE / "wikitext2_test_articles.jsonl.gz")
@@ -191,6 +287,8 @@ def main(shared: Path = DEFAULT_SHARED) -> None:
         f"{len(rows)} SQuAD rows ({len({r['context'] for r in rows})} distinct contexts), "
         f"{len(snippets)} ftfy snippets"
     )
+    counts = finetune_samples(shared, HERE / "finetune")
+    print("finetune/: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ bytes per token. Out, in `out_dir`:
 - `generations.jsonl`, `<task>_examples.jsonl` (per-question scores), `_quarantine.jsonl`;
 
 and the return value: {"metrics", "table" (the rows), "generations", "skipped", "quarantined"}.
+After a fine-tune, the application tasks (qa, summarization, translation, classification) can
+also be scored on the model it started from: rows `base_<task>`, metrics `base_<task>_<metric>`.
 `eval_table(result)` gives the table as a pandas DataFrame.
 """
 
@@ -19,13 +21,14 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from pipeline.config import ConfigError, EvaluateConfig, task_name
+from pipeline.config import APPLICATION_TASK_TYPES, ConfigError, EvaluateConfig, task_name
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.tasks import RUNNERS, EvalContext, TaskSkipped
 from pipeline.generate import EOT, load_generator
@@ -63,11 +66,81 @@ def run_evaluation(
     bytes_per_token: float | None = None,
     tasks: list[str] | None = None,
     log: Callable[[str], None] = print,
+    base_model_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    net, tokenizer = load_generator(str(model_dir))
-    net.to(pick_device(cfg.device))
+    """Score the model on the selected tasks. With `base_model_dir` (the model a fine-tune
+    started from), the application tasks are scored on it too, as `base_<task>` rows and
+    `base_<task>_<metric>` metrics: the before and after of fine-tuning in one table."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    selected = select_tasks(cfg, tasks)
+    scored = Scored()
+    with Quarantine(out_dir) as quarantine:
+        _score_model(
+            model_dir,
+            selected,
+            cfg,
+            base_dir,
+            out_dir,
+            quarantine,
+            scored,
+            log,
+            shards_dir,
+            bytes_per_token,
+        )
+        applied = [t for t in selected if t.type in APPLICATION_TASK_TYPES]
+        if base_model_dir is not None and applied:
+            log(f"evaluate: scoring the model fine-tuning started from ({base_model_dir})")
+            _score_model(
+                base_model_dir,
+                applied,
+                cfg,
+                base_dir,
+                out_dir,
+                quarantine,
+                scored,
+                log,
+                prefix="base_",
+            )
+        quarantined = dict(quarantine.counts)
+    _write_jsonl(out_dir / "generations.jsonl", scored.generations)
+    (out_dir / "metrics.json").write_text(json.dumps(scored.metrics, indent=2), encoding="utf-8")
+    table = pd.DataFrame(scored.rows, columns=TABLE_COLUMNS)
+    table.to_csv(out_dir / "eval_table.csv", index=False)
+    (out_dir / "eval_table.json").write_text(json.dumps(scored.rows, indent=2), encoding="utf-8")
+    return {
+        "metrics": scored.metrics,
+        "table": scored.rows,
+        "generations": scored.generations,
+        "skipped": scored.skipped,
+        "quarantined": quarantined,
+    }
+
+
+@dataclass
+class Scored:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    generations: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _score_model(
+    model_dir: str | Path,
+    selected: list[Any],
+    cfg: EvaluateConfig,
+    base_dir: str | Path,
+    out_dir: Path,
+    quarantine: Quarantine,
+    scored: Scored,
+    log: Callable[[str], None],
+    shards_dir: Path | None = None,
+    bytes_per_token: float | None = None,
+    prefix: str = "",
+) -> None:
+    """Run `selected` tasks on one model, adding rows and metrics named `prefix + task`."""
+    net, tokenizer = load_generator(str(model_dir))
+    net.to(pick_device(cfg.device))
     eot_id = tokenizer.token_to_id(EOT)
     scorer = LogLikelihoodScorer(
         net,
@@ -76,60 +149,38 @@ def run_evaluation(
         block_size=net.config.block_size,
         batch_size=cfg.batch_size,
     )
-    rows: list[dict[str, Any]] = []
-    metrics: dict[str, float] = {"num_params": float(sum(p.numel() for p in net.parameters()))}
-    rows.append(_row("model", "num_params", metrics["num_params"], method="parameter count"))
-    generations: list[dict[str, str]] = []
-    skipped: list[dict[str, str]] = []
-    with Quarantine(out_dir) as quarantine:
-        ctx = EvalContext(
-            net, tokenizer, scorer, cfg, str(base_dir), quarantine, shards_dir, bytes_per_token
-        )
-        for task in select_tasks(cfg, tasks):
-            name = task_name(task)
-            started = time.time()
-            try:
-                result = RUNNERS[task.type](task, ctx)
-            except TaskSkipped as exc:
-                log(f"evaluate: {name} skipped: {exc}")
-                skipped.append({"task": name, "reason": str(exc)})
-                rows.append(_row(name, "", None, note=f"skipped: {exc}"))
-                continue
-            seconds = time.time() - started
-            log(f"evaluate: {name}: {result.examples} examples in {seconds:.1f} s")
-            for metric, value in result.metrics.items():
-                if not math.isnan(value):  # none scored: the table row says so, no NaN metric
-                    metrics[f"{name}_{metric}"] = value
-                rows.append(
-                    _row(
-                        name,
-                        metric,
-                        value,
-                        result.stderr.get(metric),
-                        result.examples,
-                        result.method,
-                    )
-                )
-            if result.generations:
-                generations.extend(result.generations)
-                rows.append(
-                    _row(name, "samples", len(result.generations), None, None, result.method)
-                )
-            if result.details:
-                _write_jsonl(out_dir / f"{name}_examples.jsonl", result.details)
-        quarantined = dict(quarantine.counts)
-    _write_jsonl(out_dir / "generations.jsonl", generations)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    table.to_csv(out_dir / "eval_table.csv", index=False)
-    (out_dir / "eval_table.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    return {
-        "metrics": metrics,
-        "table": rows,
-        "generations": generations,
-        "skipped": skipped,
-        "quarantined": quarantined,
-    }
+    num_params = float(sum(p.numel() for p in net.parameters()))
+    if not prefix:
+        scored.metrics["num_params"] = num_params
+        scored.rows.append(_row("model", "num_params", num_params, method="parameter count"))
+    ctx = EvalContext(
+        net, tokenizer, scorer, cfg, str(base_dir), quarantine, shards_dir, bytes_per_token
+    )
+    for task in selected:
+        name = prefix + task_name(task)
+        started = time.time()
+        try:
+            result = RUNNERS[task.type](task, ctx)
+        except TaskSkipped as exc:
+            log(f"evaluate: {name} skipped: {exc}")
+            scored.skipped.append({"task": name, "reason": str(exc)})
+            scored.rows.append(_row(name, "", None, note=f"skipped: {exc}"))
+            continue
+        seconds = time.time() - started
+        log(f"evaluate: {name}: {result.examples} examples in {seconds:.1f} s")
+        for metric, value in result.metrics.items():
+            if not math.isnan(value):  # none scored: the table row says so, no NaN metric
+                scored.metrics[f"{name}_{metric}"] = value
+            scored.rows.append(
+                _row(name, metric, value, result.stderr.get(metric), result.examples, result.method)
+            )
+        if result.generations:
+            scored.generations.extend(result.generations)
+            scored.rows.append(
+                _row(name, "samples", len(result.generations), None, None, result.method)
+            )
+        if result.details:
+            _write_jsonl(out_dir / f"{name}_examples.jsonl", result.details)
 
 
 def eval_table(result: dict[str, Any]) -> pd.DataFrame:

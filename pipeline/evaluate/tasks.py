@@ -5,7 +5,8 @@ resolve from, a quarantine for bad records, and for the held-out task the val to
 and one task config from `pipeline.config`. Out: a `TaskResult` with the task's metrics
 (unprefixed: `acc`, `acc_norm`, `ppl`, `bpb`, ...), their standard errors where they are means
 of per-example scores, the number of examples scored, a one-line description of the method, and
-per-example details (for multiple-choice and LAMBADA) or generations.
+per-example details (for multiple-choice and LAMBADA) or generations. The application tasks
+(qa, summarization, translation, classification) run in `pipeline.evaluate.application`.
 
 Methods, as lm-evaluation-harness defines them (0-shot):
 - multiple choice (HellaSwag, any jsonl): each choice is scored as the continuation
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import EvaluateConfig, task_name
+from pipeline.config import APPLICATION_TASK_TYPES, EvaluateConfig, task_name
 from pipeline.evaluate.language_model import bits_per_byte, heldout_loss
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.wikitext import wikitext_pages
@@ -446,6 +447,9 @@ def run_generations(task: Any, ctx: EvalContext) -> TaskResult:
     )
 
 
+# Imported here, not at the top: the application tasks build on the helpers above.
+from pipeline.evaluate.application import APPLICATION_RUNNERS  # noqa: E402
+
 RUNNERS = {
     "heldout": run_heldout,
     "perplexity": run_perplexity,
@@ -454,6 +458,7 @@ RUNNERS = {
     "multiple_choice": run_multiple_choice,
     "lambada": run_lambada,
     "generations": run_generations,
+    **APPLICATION_RUNNERS,  # qa, summarization, translation, classification
 }
 
 
@@ -462,6 +467,7 @@ def eval_input_fingerprints(cfg: EvaluateConfig, base_dir: str) -> list[str]:
     none), so the evaluate stage runs again when an eval file changes or appears."""
     import hashlib
 
+    from pipeline.finetune.examples import named_input_files
     from pipeline.ingest.files import file_content_digest
 
     out = []
@@ -469,11 +475,14 @@ def eval_input_fingerprints(cfg: EvaluateConfig, base_dir: str) -> list[str]:
         if getattr(task, "path", None) is None:
             continue
         try:
-            files = [
-                [name, path.stat().st_size, file_content_digest(path)]
-                for name, path in task_files(task, base_dir)
-            ]
-        except TaskSkipped as exc:
+            # Application tasks read path, eval_path and target_path.
+            named = (
+                named_input_files(task, base_dir)
+                if task.type in APPLICATION_TASK_TYPES
+                else task_files(task, base_dir)
+            )
+            files = [[name, path.stat().st_size, file_content_digest(path)] for name, path in named]
+        except (TaskSkipped, FileNotFoundError) as exc:
             files = [f"absent: {exc}"]
         payload = json.dumps({"task": task_name(task), "files": files}, sort_keys=True)
         out.append(hashlib.blake2b(payload.encode(), digest_size=16).hexdigest())

@@ -117,6 +117,7 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
         start_pos: int = 0,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
@@ -130,9 +131,15 @@ class CausalSelfAttention(nn.Module):
             v_cache[:, :, start_pos : start_pos + T] = v
             k, v = k_cache[:, :, : start_pos + T], v_cache[:, :, : start_pos + T]
         # A block of T > 1 new tokens starts at position 0 (training, a prefill): causal mask.
-        # One new token attends to every cached position: no mask.
+        # One new token attends to every cached position: no mask. Packed rows bring their own
+        # mask (causal within each example).
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=T > 1 and attn_mask is None,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -186,8 +193,9 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
         start_pos: int = 0,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, cache, start_pos)
+        x = x + self.attn(self.ln_1(x), rope, cache, start_pos, attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -204,6 +212,20 @@ class KVCache:
 
 
 # ------------------------------------------------------------------------------------ model
+
+
+def segment_positions_and_mask(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed rows (B, T) of segment ids: each token's position within its segment (B, T),
+    and the attention mask (B, 1, T, T), True where a token may attend (earlier or itself, same
+    segment). Segments are runs of equal ids."""
+    B, T = segment_ids.shape
+    steps = torch.arange(T, device=segment_ids.device).expand(B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(starts, steps, torch.zeros_like(steps)).cummax(dim=1).values
+    same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    return steps - first, (same & causal).unsqueeze(1)
 
 
 class GPT(nn.Module):
@@ -283,11 +305,15 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         start_pos: int = 0,
+        segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids at positions start_pos.. (<= block_size in all).
 
-        Returns (logits (B, T, V), mean cross-entropy against targets or None). With a `cache`,
-        the keys and values of these positions are stored in it (generation).
+        Returns (logits (B, T, V), mean cross-entropy against targets or None; targets equal to
+        IGNORE_INDEX count for nothing). With a `cache`, the keys and values of these positions
+        are stored in it (generation). `segment_ids` (B, T) packs several sequences in a row:
+        a token attends only to earlier tokens of its own segment, and positions restart at 0
+        at each segment's first token, so each example sees exactly what it would see alone.
         """
         B, T = idx.shape
         if start_pos + T > self.config.block_size:
@@ -297,10 +323,15 @@ class GPT(nn.Module):
         if cache is not None and T > 1 and start_pos != 0:
             raise ValueError("a block of several tokens can only be cached from position 0")
         x = self.transformer.wte(idx)
+        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        attn_mask = None
+        if segment_ids is not None:
+            pos, attn_mask = segment_positions_and_mask(segment_ids)
         rope = None
         if self.config.arch == "gpt2":
-            pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
             x = x + self.transformer.wpe(pos)
+        elif segment_ids is not None:  # per-row positions: (B, 1, T, D) tables
+            rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))
         else:
             rope = (
                 self.rope_cos[start_pos : start_pos + T],
@@ -308,7 +339,8 @@ class GPT(nn.Module):
             )
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rope, cache.layer(i) if cache is not None else None, start_pos)
+            layer_cache = cache.layer(i) if cache is not None else None
+            x = block(x, rope, layer_cache, start_pos, attn_mask)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from pipeline.config import TrainConfig
 from pipeline.model.checkpoint import load_state_dict
-from pipeline.model.gpt import GPT, GPTConfig
+from pipeline.model.gpt import GPT, IGNORE_INDEX, GPTConfig
 
 # Dense bf16 tensor-core peaks per device (FLOP/s), matched in order against the lower-cased
 # CUDA device name (anchors-training.md §5; the datasheets' "with sparsity" numbers halved).
@@ -161,9 +161,10 @@ class LitGPT(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ training
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        x, y = batch
-        _, loss = self.model(x, y)
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int):
+        # (x, y) windows of pretraining, or (x, y, segments) rows of packed fine-tuning examples
+        x, y, *segments = batch
+        _, loss = self.model(x, y, segment_ids=segments[0] if segments else None)
         self._micro_losses.append(loss.detach())
         return loss
 
@@ -262,11 +263,13 @@ class LitGPT(pl.LightningModule):
         self._val_nats = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        _, loss = self.model(x, y)
-        self._val_nats += loss.double() * y.numel()
-        self._val_tokens += y.numel()
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x, y, *segments = batch
+        _, loss = self.model(x, y, segment_ids=segments[0] if segments else None)
+        scored = (y != IGNORE_INDEX).sum()  # fine-tuning scores response tokens only
+        if scored:
+            self._val_nats += loss.double() * scored
+            self._val_tokens += scored
 
     def on_validation_epoch_end(self) -> None:
         nats = self.trainer.strategy.reduce(self._val_nats, reduce_op="sum")

@@ -36,8 +36,9 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.config import TrainConfig
-from pipeline.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights
+from pipeline.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_model
 from pipeline.model.gpt import GPTConfig
+from pipeline.model.lora import add_lora, merge_lora
 from pipeline.outputs import write_json_atomic
 from pipeline.train.checkpoints import (
     BEST_FOLDER,
@@ -155,6 +156,48 @@ def _write_final(checkpoint: Path, request: TrainRequest, out_dir: Path) -> Path
     return final
 
 
+def _write_merged_final(model: torch.nn.Module, request: TrainRequest, out_dir: Path) -> Path:
+    """final/ = the trained weights with the LoRA adapters merged in: a plain model folder."""
+    final = out_dir / "final"
+    tmp = out_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(merge_lora(model).cpu(), tmp)
+    if request.tokenizer_path:
+        shutil.copyfile(request.tokenizer_path, tmp / "tokenizer.json")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def make_data(request: TrainRequest, train: TrainConfig, block_size: int) -> pl.LightningDataModule:
+    """Token shards for pretraining, or the prepared (prompt, response) examples for SFT."""
+    if request.finetune:
+        from pipeline.finetune.data import SFTDataModule
+
+        if not request.tokenizer_path:
+            raise ValueError("fine-tuning needs the model's tokenizer (tokenizer_path)")
+        return SFTDataModule(
+            request.finetune["examples_dir"],
+            request.tokenizer_path,
+            block_size=block_size,
+            batch_size=train.batch_size,
+            val_batches=train.val_batches,
+            seed=train.seed,
+            weights=request.finetune.get("weights") or {},
+            packing=bool(request.finetune.get("packing", True)),
+            grad_accum_steps=train.grad_accum_steps,
+        )
+    return TokenShardDataModule(
+        request.shards_dir,
+        block_size=block_size,
+        batch_size=train.batch_size,
+        val_batches=train.val_batches,
+        seed=train.seed,
+        grad_accum_steps=train.grad_accum_steps,
+    )
+
+
 def run_training(
     request: TrainRequest, extra_callbacks: list[pl.Callback] | None = None
 ) -> dict[str, Any]:
@@ -170,15 +213,12 @@ def run_training(
     if request.tokenizer_path and not Path(request.tokenizer_path).is_file():
         raise FileNotFoundError(f"tokenizer not found: {request.tokenizer_path}")
 
-    data = TokenShardDataModule(
-        request.shards_dir,
-        block_size=model_cfg.block_size,
-        batch_size=train.batch_size,
-        val_batches=train.val_batches,
-        seed=train.seed,
-        grad_accum_steps=train.grad_accum_steps,
-    )
-    data.check()  # fail early, with a clear message, on missing or too-small shards
+    if request.gpt_config:  # the exact config of the checkpoint training starts from
+        gpt_config = GPTConfig(**request.gpt_config)
+    else:
+        gpt_config = GPTConfig.from_model_config(model_cfg, request.vocab_size)
+    data = make_data(request, train, gpt_config.block_size)
+    data.check()  # fail early, with a clear message, on missing or too-small data
 
     torch.manual_seed(train.seed)  # the initial weights (a resumed run overwrites them)
     if torch.cuda.is_available():
@@ -188,7 +228,6 @@ def run_training(
         print(f"step {step}/{train.max_steps} | {text}", flush=True)
 
     use_bar = train.progress_bar and sys.stdout.isatty()
-    gpt_config = GPTConfig.from_model_config(model_cfg, request.vocab_size)
     lit = LitGPT(
         gpt_config,
         train,
@@ -204,6 +243,16 @@ def run_training(
         # Continue from earlier weights (an incremental run's champion) with a fresh optimizer
         # and schedule; a resumed attempt has them in its own checkpoint already.
         load_weights(lit.model, Path(request.init_from))
+    lora = (request.finetune or {}).get("lora")
+    if lora:  # adapters only train; a resumed run gets them from its checkpoint
+        trainable = add_lora(
+            lit.model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"]
+        )
+        print(
+            f"LoRA rank {lora['rank']} on {', '.join(lora['targets'])}: {trainable:,} "
+            f"trainable parameters of {lit.model.num_params(non_embedding=False):,}",
+            flush=True,
+        )
 
     callbacks: list[pl.Callback] = [
         StepCheckpoint(
@@ -232,7 +281,7 @@ def run_training(
 
     is_main = trainer.is_global_zero
     tokens_per_step = (
-        train.batch_size * train.grad_accum_steps * model_cfg.block_size * trainer.world_size
+        train.batch_size * train.grad_accum_steps * gpt_config.block_size * trainer.world_size
     )
     start_step = int(resume.name.split("-")[1]) if resume else 0
     device = trainer.strategy.root_device
@@ -297,6 +346,11 @@ def run_training(
         "world_size": trainer.world_size,
         "precision": resolve_precision(train),
     }
+    metrics.update(getattr(data, "stats", {}))  # fine-tuning: examples read, truncated
+    if lora:
+        metrics["trainable_params"] = sum(
+            p.numel() for p in lit.model.parameters() if p.requires_grad
+        )
     best = ckpt_root / BEST_FOLDER / "best.json"
     if is_main and best.is_file():
         metrics["best_val_loss"] = json.loads(best.read_text())["val_loss"]
@@ -304,7 +358,10 @@ def run_training(
         last = latest_checkpoint(ckpt_root)
         if last is None:
             raise RuntimeError(f"training ended without a checkpoint in {ckpt_root}")
-        _write_final(last, request, out_dir)
+        if lora:
+            _write_merged_final(lit.model, request, out_dir)
+        else:
+            _write_final(last, request, out_dir)
         plot_loss_curve(
             lit.history, out_dir / LOSS_CURVE_FILE, title=f"{metrics['num_params'] / 1e6:.2f}M GPT"
         )

@@ -1,7 +1,8 @@
 """The resolved training request: everything the training process needs, as one JSON file.
 
 In: the model and train sections of the pipeline config plus the paths and ids the orchestrator
-resolved (token shards, output folder, tokenizer, MLflow run).
+resolved (token shards, output folder, tokenizer, MLflow run); for fine-tuning, the starting
+model's exact config, the prepared examples and the LoRA settings.
 Out: `TrainRequest`, written with `to_json(path)` and read back with `from_json(path)` by
 `python -m pipeline.train REQUEST.json`. This module imports no torch or Lightning, so the
 orchestrator can build a request cheaply.
@@ -32,6 +33,12 @@ class TrainRequest:
     mlflow_experiment: str = "llmpipe"  # used only when a new run is created
     bytes_per_token_val: float | None = None  # for val bits per byte
     init_from: str | None = None  # a model folder whose weights start training (not a resume)
+    # The exact model (GPTConfig fields) when it comes from a checkpoint, as in fine-tuning;
+    # None: built from `model` and vocab_size.
+    gpt_config: dict[str, Any] | None = None
+    # Fine-tuning: {"examples_dir", "packing", "weights": {task: w}, "lora": LoraConfig | None};
+    # None: pretraining on shards_dir.
+    finetune: dict[str, Any] | None = None
 
     @classmethod
     def from_configs(cls, model: ModelConfig, train: TrainConfig, **kwargs: Any) -> TrainRequest:

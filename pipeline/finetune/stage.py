@@ -1,0 +1,184 @@
+"""The finetune stage: a starting model and task files in, a fine-tuned model folder out.
+
+In: the `finetune` config section (tasks, where to start, packing, LoRA, train settings), the
+pipeline's pretrain output (when `init_from` is not given), the stage's partial folder.
+Out, in that folder:
+  - `base/`: the starting model, when it was imported from a Hugging Face folder;
+  - `examples/train.jsonl`, `examples/eval.jsonl`: the (prompt, response) pairs of every task,
+    train and held-out parts, as trained on and validated on; `_quarantine.jsonl` for records
+    that could not be used;
+  - what training writes (checkpoints/, final/, train_metrics.json, loss_curve.png): the same
+    trainer, checkpointing, resume and MLflow logging as pretraining (`python -m pipeline.train`).
+The manifest body records per-task example counts, the train metrics and `base_model`, the
+folder the fine-tune started from (relative to the stage output when it lives inside it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig, task_name
+from pipeline.outputs import write_json_atomic
+from pipeline.quarantine import Quarantine
+
+Log = Callable[[str], None]
+BASE_FOLDER = "base"
+
+
+def is_hf_folder(path: Path) -> bool:
+    """A Hugging Face model folder (config.json) that is not one of ours (model_config.json)."""
+    return (path / "config.json").is_file() and not (path / "model_config.json").is_file()
+
+
+def resolve_base_model(
+    init_from: str | None, pretrain_out: Path | None, out: Path, tracking_uri: str | None
+) -> Path:
+    """The model folder fine-tuning starts from (importing a Hugging Face folder into out/base)."""
+    from pipeline.generate import resolve_model_dir
+
+    if init_from is None:
+        if pretrain_out is None:
+            raise RuntimeError("finetune needs the pretrain output or finetune.init_from")
+        return pretrain_out / "final"
+    local = Path(init_from)
+    if "://" not in init_from and local.is_dir() and is_hf_folder(local):
+        from pipeline.model.hf import import_hf_model
+
+        target = out / BASE_FOLDER
+        if not (target / "model.safetensors").is_file():  # a resumed attempt has it already
+            import_hf_model(local, out / ".tmp-base")
+            (out / ".tmp-base").rename(target)
+        return target
+    return resolve_model_dir(init_from, tracking_uri)
+
+
+def init_identity(config: PipelineConfig, tracking_uri: str | None) -> list[str]:
+    """What the starting model is, for the stage fingerprint: a registry alias is resolved to
+    its version (the alias moves), a local folder adds its weight files' sizes and times."""
+    spec = config.finetune.init_from
+    if spec is None:
+        return []
+    if spec.startswith("models:/") and "@" in spec and tracking_uri:
+        from mlflow import MlflowClient
+
+        name, alias = spec.removeprefix("models:/").split("@", 1)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        try:
+            version = client.get_model_version_by_alias(name, alias).version
+            return [f"init:models:/{name}/{version}"]
+        except Exception:  # not registered (yet): the stage will fail with the registry's error
+            return [f"init:{spec}"]
+    local = Path(spec)
+    if local.is_dir():
+        files = sorted(p for p in local.rglob("*") if p.suffix in (".safetensors", ".json", ".bin"))
+        return [f"init:{local.resolve()}"] + [
+            f"{p.relative_to(local)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files
+        ]
+    return [f"init:{spec}"]
+
+
+class OnceQuarantine(Quarantine):
+    """Both splits are read from the same files: a bad record is quarantined once."""
+
+    def __init__(self, folder: Path):
+        super().__init__(folder)
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def add(self, reason: str, *, source: str = "", locator: str = "", **kwargs: Any) -> None:
+        key = (reason, source, locator)
+        if key not in self._seen:
+            self._seen.add(key)
+            super().add(reason, source=source, locator=locator, **kwargs)
+
+
+def prepare_examples(
+    config: PipelineConfig, out: Path, log: Log = print
+) -> dict[str, dict[str, int]]:
+    """Write examples/train.jsonl and examples/eval.jsonl; return counts per task."""
+    from pipeline.finetune.examples import read_examples
+
+    folder = out / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, dict[str, int]] = {}
+    with OnceQuarantine(out) as quarantine:
+        splits: dict[str, list[Any]] = {"train": [], "eval": []}
+        for task in config.finetune.tasks:
+            name = task_name(task)
+            before = sum(quarantine.counts.values())
+            for split in splits:
+                found = read_examples(task, config.base_dir, quarantine, split=split)
+                splits[split].extend(found)
+                counts.setdefault(name, {})[split] = len(found)
+            counts[name]["quarantined"] = sum(quarantine.counts.values()) - before
+            log(
+                f"finetune: {name}: {counts[name]['train']} train, {counts[name]['eval']} "
+                f"held-out examples, {counts[name]['quarantined']} records quarantined"
+            )
+        for split, examples in splits.items():
+            tmp = folder / f".{split}.jsonl.tmp"
+            with tmp.open("w", encoding="utf-8") as handle:
+                for example in examples:
+                    handle.write(json.dumps(asdict(example), ensure_ascii=False) + "\n")
+            tmp.rename(folder / f"{split}.jsonl")
+    return counts
+
+
+def run_finetune_stage(
+    config: PipelineConfig,
+    pretrain_out: Path | None,
+    out: Path,
+    tracking_uri: str | None,
+    mlflow_run_id: str | None,
+    log: Log,
+    launch: Callable[[Path, Log, str | None], None],
+) -> dict[str, Any]:
+    from pipeline.model.checkpoint import load_config
+    from pipeline.train.request import TrainRequest
+
+    ft = config.finetune
+    base = resolve_base_model(ft.init_from, pretrain_out, out, tracking_uri)
+    log(f"finetune: starting from {base}")
+    counts = prepare_examples(config, out, log)
+    gpt_config = load_config(base)
+    request = TrainRequest(
+        model={},
+        train=ft.train.model_dump(mode="json"),
+        vocab_size=gpt_config.vocab_size,
+        eot_id=-1,  # the data module takes it from the tokenizer
+        shards_dir="",
+        out_dir=str(out),
+        tokenizer_path=str(base / "tokenizer.json"),
+        mlflow_tracking_uri=tracking_uri,
+        mlflow_run_id=mlflow_run_id,
+        init_from=str(base),
+        gpt_config=gpt_config.to_dict(),
+        finetune={
+            "examples_dir": str(out / "examples"),
+            "packing": ft.packing,
+            "weights": {task_name(t): t.weight for t in ft.tasks},
+            "lora": ft.lora.model_dump(mode="json") if ft.lora else None,
+        },
+    )
+    request_path = out / "train_request.json"
+    write_json_atomic(request_path, request.to_dict())
+    launch(request_path, log, ft.train.launcher)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    inside = base.is_relative_to(out)
+    return {
+        "metrics": metrics,
+        "counts": {"examples_by_task": counts},
+        "base_model": str(base.relative_to(out)) if inside else str(base),
+        "init_from": ft.init_from or "pretrain",
+        "files": {"model": "final", "loss_curve": "loss_curve.png", "examples": "examples"},
+    }
+
+
+def base_model_dir(finetune_out: Path) -> Path:
+    """The model a finished fine-tune started from (for the base-vs-fine-tuned comparison)."""
+    manifest = json.loads((finetune_out / "_manifest.json").read_text())
+    base = Path(manifest["base_model"])
+    return base if base.is_absolute() else finetune_out / base
