@@ -99,11 +99,17 @@ def test_qa_metrics_are_the_means_of_the_details(ctx):
     task = QATask(type="qa", path="squad_v2_sample.json", limit=6, max_new_tokens=5)
     result = run_qa(task, ctx)
     assert result.examples == len(result.details) == 6
-    assert set(result.metrics) == {"exact_match", "f1"}
+    assert set(result.metrics) == {"exact_match", "f1", "has_answer_f1", "no_answer_acc"}
     em = [exact_match(d["prediction"], d["references"]) for d in result.details]
     f1 = [token_f1(d["prediction"], d["references"]) for d in result.details]
     assert result.metrics["exact_match"] == pytest.approx(sum(em) / 6)
     assert result.metrics["f1"] == pytest.approx(sum(f1) / 6)
+    answerable = [d["references"] != ["no answer"] for d in result.details]
+    has = [f for f, a in zip(f1, answerable, strict=True) if a]
+    no = [m for m, a in zip(em, answerable, strict=True) if not a]
+    assert 0 < len(has) < 6  # the sample's first held-out questions mix both kinds
+    assert result.metrics["has_answer_f1"] == pytest.approx(sum(has) / len(has))
+    assert result.metrics["no_answer_acc"] == pytest.approx(sum(no) / len(no))
     assert [d["score"]["f1"] for d in result.details] == pytest.approx(f1, abs=1e-6)
     # The held-out examples of the file, in file order, each answered by greedy decoding.
     from pipeline.finetune.examples import read_examples

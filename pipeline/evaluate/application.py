@@ -141,13 +141,27 @@ def run_qa(task: Any, ctx: EvalContext) -> TaskResult:
     em = [exact_match(p, e.answers) for p, e in zip(predictions, examples, strict=True)]
     f1 = [token_f1(p, e.answers) for p, e in zip(predictions, examples, strict=True)]
     scores = [{"exact_match": a, "f1": b} for a, b in zip(em, f1, strict=True)]
+    # SQuAD 2.0's breakdown: answerable questions (HasAns) and unanswerable ones (NoAns)
+    has = [f for f, e in zip(f1, examples, strict=True) if e.answers != (task.no_answer,)]
+    no = [m for m, e in zip(em, examples, strict=True) if e.answers == (task.no_answer,)]
     return TaskResult(
         task_name(task),
         task.type,
         f"{_generation_method(task)}; exact_match and f1 as SQuAD's official script (normalized"
-        f" text, best over the gold answers; unanswerable questions' gold: {task.no_answer!r})",
-        metrics={"exact_match": _mean(em), "f1": _mean(f1)},
-        stderr={"exact_match": mean_stderr(em), "f1": mean_stderr(f1)},
+        f" text, best over the gold answers; unanswerable questions' gold: {task.no_answer!r});"
+        " has_answer_f1 over answerable questions, no_answer_acc over unanswerable ones",
+        metrics={
+            "exact_match": _mean(em),
+            "f1": _mean(f1),
+            "has_answer_f1": _mean(has),
+            "no_answer_acc": _mean(no),
+        },
+        stderr={
+            "exact_match": mean_stderr(em),
+            "f1": mean_stderr(f1),
+            "has_answer_f1": mean_stderr(has),
+            "no_answer_acc": mean_stderr(no),
+        },
         examples=len(examples),
         details=_details(examples, predictions, scores),
     )
