@@ -61,3 +61,24 @@ def test_a_stage_without_its_upstream_says_which(tmp_path):
     clean = next(p for p in plan(config, tmp_path) if p.name == "clean")
     with pytest.raises(UpstreamMissing, match="ingest"):
         run_stage(clean, config)
+
+
+def test_finetune_sits_between_pretrain_and_evaluate(tmp_path):
+    path = REPO / "configs" / "quickstart-finetune.yaml"
+
+    def prints(overrides: list[str]) -> dict[str, str]:
+        config = load_config(path, overrides)
+        return {p.name: p.output.fingerprint for p in plan(config, tmp_path, "sqlite:///x.db")}
+
+    base = prints([])
+    assert list(base)[-4:] == ["pretrain", "finetune", "evaluate", "register"]
+    changed = prints(["finetune.train.learning_rate=0.01"])
+    assert [s for s in base if changed[s] != base[s]] == ["finetune", "evaluate", "register"]
+    weights = prints(["finetune.tasks.0.weight=3"])
+    assert [s for s in base if weights[s] != base[s]] == ["finetune", "evaluate", "register"]
+    assert prints(["finetune.train.log_every_steps=1"]) == base  # operational, even nested
+    # without tasks there is no finetune stage, and the rest is planned as before
+    plain = prints(["finetune.tasks=[]"])
+    assert "finetune" not in plain
+    with pytest.raises(ValueError, match="'finetune' is not part of this config's pipeline"):
+        select(plan(load_config(path, ["finetune.tasks=[]"]), tmp_path), only=["finetune"])
