@@ -49,10 +49,28 @@ def eval_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append((row["task"], row["metric"], value or row.get("note", ""), examples))
     methods = dict.fromkeys(f"- **{r['task']}**: {r['method']}" for r in rows if r.get("method"))
     return (
-        _table(lines, ("task", "metric", "value", "examples"))
+        before_after_markdown(rows)
+        + _table(lines, ("task", "metric", "value", "examples"))
         + "\n\nMethods:\n"
         + "\n".join(methods)
     )
+
+
+def before_after_markdown(rows: list[dict[str, Any]]) -> str:
+    """After a fine-tune: each task metric of the starting model beside the fine-tuned one."""
+    values = {(r["task"], r["metric"]): r.get("value") for r in rows}
+    pairs = []
+    for (task, metric), before in values.items():
+        after = values.get((task.removeprefix("base_"), metric))
+        if task.startswith("base_") and before is not None and after is not None:
+            change = after - before
+            pairs.append(
+                (task.removeprefix("base_"), metric, _fmt(before), _fmt(after), f"{change:+.4g}")
+            )
+    if not pairs:
+        return ""
+    header = ("task", "metric", "before fine-tuning", "fine-tuned", "change")
+    return "## Fine-tuning: before and after\n\n" + _table(pairs, header) + "\n\n"
 
 
 def _cleaning_and_dedup_sections(manifest: dict[str, Any]) -> list[str]:

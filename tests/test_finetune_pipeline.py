@@ -156,6 +156,7 @@ def test_prefect_shows_the_finetune_stage_and_the_task_table(runs):
 
     artifacts = {a.key: a for a in asyncio.run(read())}
     assert "llmpipe-finetune" in artifacts
+    assert "Fine-tuning: before and after" in artifacts["llmpipe-evaluate"].data
     table = artifacts["llmpipe-eval-table"].data
     rows = json.loads(table) if isinstance(table, str) else table
     assert {"sentiment", "base_sentiment", "squad", "base_squad"} <= {r["task"] for r in rows}

@@ -65,7 +65,8 @@ def encode_example(
     if len(prompt) + len(response) > window:
         truncated = True
         response = response[: max(1, window * 3 // 4)]
-        prompt = prompt[len(prompt) - (window - len(response)) :] if window > len(response) else []
+        room = window - len(response)  # a prompt shorter than the room is kept whole
+        prompt = prompt[max(0, len(prompt) - room) :] if room > 0 else []
     ids = np.asarray(prompt + response, dtype=np.int64)
     targets = ids[1:].copy()
     targets[: max(0, len(prompt) - 1)] = IGNORE_INDEX  # targets that are prompt tokens
@@ -168,21 +169,18 @@ class MixedTrainBatches(IterableDataset):
         pool = self.examples.by_task[task]
         return pool[int(rng.integers(len(pool)))]
 
-    def _fill_row(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        block = self.examples.block_size
-        chosen = [self._draw(rng)]
-        used = len(chosen[0])
-        while self.packing:
-            example = self._draw(rng)
-            if used + len(example) > block:
-                break  # the drawn example starts no row: the next row draws afresh
-            chosen.append(example)
-            used += len(example)
-        return _row(chosen, block, self.examples.pad_id)
-
     def batch(self, k: int) -> tuple[torch.Tensor, ...]:
+        """Rows filled with drawn examples in order; an example that does not fit the current
+        row starts the next one (dropping it would under-sample the tasks with long examples)."""
         rng = np.random.default_rng([self.seed, k])
-        rows = [self._fill_row(rng) for _ in range(self.batch_size * self.world_size)]
+        block, rows, row, used = self.examples.block_size, [], [], 0
+        while len(rows) < self.batch_size * self.world_size:
+            example = self._draw(rng)
+            if row and (not self.packing or used + len(example) > block):
+                rows.append(_row(row, block, self.examples.pad_id))
+                row, used = [], 0
+            row.append(example)
+            used += len(example)
         return _stack(rows[self.rank * self.batch_size : (self.rank + 1) * self.batch_size])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -263,7 +261,7 @@ class SFTDataModule(pl.LightningDataModule):
             world_size=world,
             start_batch=step * self.grad_accum_steps,
         )
-        return DataLoader(stream, batch_size=None)
+        return DataLoader(stream, batch_size=None, generator=self._loader_generator())
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
@@ -271,7 +269,14 @@ class SFTDataModule(pl.LightningDataModule):
         batches = [
             _stack(mine[i : i + self.batch_size]) for i in range(0, len(mine), self.batch_size)
         ]
-        return DataLoader(batches, batch_size=None)
+        return DataLoader(batches, batch_size=None, generator=self._loader_generator())
+
+    def _loader_generator(self) -> torch.Generator:
+        # Each DataLoader iterator draws a base seed from its generator, by default the global
+        # torch RNG that dropout draws from; a resumed run creates its iterators at other
+        # moments, so dropout masks would differ from the uninterrupted run's (as in
+        # pipeline/train/data.py).
+        return torch.Generator().manual_seed(self.seed)
 
     def val_tokens(self, world_size: int = 1) -> int:
         """Response tokens one validation scores."""

@@ -14,6 +14,7 @@ output head never get adapters.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -95,6 +96,26 @@ def merge_lora(model: nn.Module) -> nn.Module:
         if isinstance(module, LoRALinear):
             _replace(model, name, module.merged())
     return model
+
+
+# module names under FSDP or torch.compile wrappers; state-dict names carry none of them
+_WRAPPERS = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
+
+
+def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` (as `model.state_dict()` names it) with each adapter folded into its base weight,
+    as `merge_lora` does, leaving the model alone: the plain GPT's keys. No adapters: `state`."""
+    state = dict(state)
+    for wrapped_name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            name = _WRAPPERS.sub("", wrapped_name)  # as the state dict names it
+            lora_a, lora_b = state.pop(f"{name}.lora_A"), state.pop(f"{name}.lora_B")
+            weight = state.pop(f"{name}.base.weight")
+            delta = module.scale * (lora_b.float() @ lora_a.float())
+            state[f"{name}.weight"] = (weight.float() + delta).to(weight.dtype)
+            if f"{name}.base.bias" in state:
+                state[f"{name}.bias"] = state.pop(f"{name}.base.bias")
+    return state
 
 
 def has_lora(model: nn.Module) -> bool:

@@ -8,7 +8,7 @@ Out: `<out_dir>/checkpoints/step-NNNNNN/` folders, each holding
     weights taken out (LitGPT.on_save_checkpoint), and read back with `weights_only=True`.
 
 and `<out_dir>/checkpoints/best/` (model files + best.json with its step and val_loss): the
-weights of the lowest validation loss so far.
+weights of the lowest validation loss so far (LoRA adapters merged in: a plain model folder).
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a folder named
 step-NNNNNN is always complete; leftovers of a killed writer are removed on the next start.
@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 
 from pipeline.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_state_dict
+from pipeline.model.lora import merged_state_dict
 
 TRAINER_STATE_FILE = "trainer_state.ckpt"
 BEST_FOLDER = "best"
@@ -167,6 +168,7 @@ class StepCheckpoint(pl.Callback):
         if trainer.is_global_zero:
             shutil.rmtree(tmp, ignore_errors=True)
             weights = {k.removeprefix("model."): v for k, v in state.items()}
+            weights = merged_state_dict(pl_module.model, weights)  # LoRA: a plain model folder
             save_state_dict(weights, pl_module.model.config, tmp)
             info = {"step": self.best_step, "val_loss": self.best_val_loss}
             (tmp / "best.json").write_text(json.dumps(info) + "\n", encoding="utf-8")
