@@ -78,6 +78,8 @@ RUNS = [
     ("sentiment, LoRA r=8", ["sentiment"], LORA, {}),
     # LoRA usually wants a larger learning rate than full fine-tuning: the same run at 10x
     ("sentiment, LoRA r=8, lr 1e-2", ["sentiment"], LORA, LORA_LR),
+    # adapters plus the (tied) token embedding: what the model needs to move its answer words
+    ("sentiment, LoRA r=8 + embeddings", ["sentiment"], {**LORA, "train_embeddings": True}, {}),
 ]
 
 

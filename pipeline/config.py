@@ -674,6 +674,11 @@ class LoraConfig(Section):
         min_length=1,
         description="projection names (suffixes of module names) that get adapters",
     )
+    train_embeddings: bool = Field(
+        False,
+        description="also train the embeddings (the tied output head too): a small or briefly "
+        "pretrained model often cannot learn new answer words through adapters alone",
+    )
 
 
 class FinetuneConfig(Section):

@@ -535,3 +535,24 @@ def test_a_crashed_fine_tune_resumes_to_the_weights_of_an_uninterrupted_run(
     assert resumed["val_loss"] == straight["val_loss"]
     assert resumed["train_loss"] == straight["train_loss"]
     assert load_config(out / "final") == load_config(workspace / arch)
+
+
+def test_lora_with_trained_embeddings(workspace):
+    """`train_embeddings`: the adapters and the (tied) token embedding train, nothing else."""
+    from pipeline.train import run_training
+
+    request = make_request(workspace, workspace / "lora-embeddings", "llama", True, max_steps=4,
+                           val_every_steps=4, checkpoint_every_steps=4)  # fmt: skip
+    request.finetune["lora"]["train_embeddings"] = True
+    metrics = run_training(request)
+    base = load_model(workspace / "llama")
+    final = load_model(workspace / "lora-embeddings" / "final")
+    start, end = base.state_dict(), final.state_dict()
+    wte = "transformer.wte.weight"
+    adapters = sum(4 * (m.in_features + m.out_features) for n, m in base.named_modules()
+                   if isinstance(m, nn.Linear) and any(n.endswith("." + t) for t in LORA_TARGETS))  # fmt: skip
+    assert metrics["trainable_params"] == adapters + start[wte].numel()
+    assert not torch.equal(start[wte], end[wte])
+    assert torch.equal(end[wte], end["lm_head.weight"])  # still tied
+    norms = [k for k in start if "norm" in k or k.endswith(("ln_1.weight", "ln_2.weight"))]
+    assert norms and all(torch.equal(start[k], end[k]) for k in norms)  # frozen

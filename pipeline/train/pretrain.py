@@ -248,6 +248,11 @@ def run_training(
         trainable = add_lora(
             lit.model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"]
         )
+        if lora.get("train_embeddings"):  # the token embedding (and the head tied to it)
+            for module in lit.model.modules():
+                if isinstance(module, torch.nn.Embedding):
+                    module.weight.requires_grad_(True)
+                    trainable += module.weight.numel()
         print(
             f"LoRA rank {lora['rank']} on {', '.join(lora['targets'])}: {trainable:,} "
             f"trainable parameters of {lit.model.num_params(non_embedding=False):,}",
