@@ -610,6 +610,15 @@ def task_name(task: Any) -> str:
     return task.name or DEFAULT_TASK_NAMES[task.type]
 
 
+def unique_task_names(tasks: list[Any]) -> list[Any]:
+    """Metrics are named after their task: two tasks of one name would overwrite each other."""
+    names = [task_name(t) for t in tasks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
+    return tasks
+
+
 class EvaluateConfig(Section):
     tasks: list[EvalTaskConfig] = Field(
         default_factory=lambda: [HeldoutTask(type="heldout"), GenerationsTask(type="generations")],
@@ -635,11 +644,7 @@ class EvaluateConfig(Section):
     @field_validator("tasks")
     @classmethod
     def _unique_names(cls, tasks: list[Any]) -> list[Any]:
-        names = [task_name(t) for t in tasks]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
-        return tasks
+        return unique_task_names(tasks)
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -704,11 +709,7 @@ class FinetuneConfig(Section):
     @field_validator("tasks")
     @classmethod
     def _unique_names(cls, tasks: list[Any]) -> list[Any]:
-        names = [task_name(t) for t in tasks]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
-        return tasks
+        return unique_task_names(tasks)
 
     @property
     def enabled(self) -> bool:

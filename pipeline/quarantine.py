@@ -56,6 +56,21 @@ class Quarantine:
         self.close()
 
 
+class OnceQuarantine(Quarantine):
+    """A quarantine that keeps one entry per (reason, source, locator): for files read more
+    than once (the train and held-out splits of a task, or one task scored on two models)."""
+
+    def __init__(self, folder: Path):
+        super().__init__(folder)
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def add(self, reason: str, *, source: str = "", locator: str = "", **kwargs: Any) -> None:
+        key = (reason, source, locator)
+        if key not in self._seen:
+            self._seen.add(key)
+            super().add(reason, source=source, locator=locator, **kwargs)
+
+
 def read_quarantine(folder: Path) -> list[dict[str, Any]]:
     path = Path(folder) / QUARANTINE_FILE
     if not path.is_file():

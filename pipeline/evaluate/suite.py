@@ -32,7 +32,7 @@ from pipeline.config import APPLICATION_TASK_TYPES, ConfigError, EvaluateConfig,
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.tasks import RUNNERS, EvalContext, TaskSkipped
 from pipeline.generate import EOT, load_generator
-from pipeline.quarantine import Quarantine
+from pipeline.quarantine import OnceQuarantine, Quarantine
 
 TABLE_COLUMNS = ["task", "metric", "value", "stderr", "examples", "method", "note"]
 
@@ -75,7 +75,7 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     selected = select_tasks(cfg, tasks)
     scored = Scored()
-    with Quarantine(out_dir) as quarantine:
+    with OnceQuarantine(out_dir) as quarantine:  # base tasks read the same files
         _score_model(
             model_dir,
             selected,

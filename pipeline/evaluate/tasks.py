@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from pipeline.config import APPLICATION_TASK_TYPES, EvaluateConfig, task_name
 from pipeline.evaluate.language_model import bits_per_byte, heldout_loss
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.wikitext import wikitext_pages
-from pipeline.ingest.files import decoded_lines, match_source_files, open_binary
+from pipeline.ingest.files import jsonl_records, match_source_files, open_binary
 from pipeline.quarantine import Quarantine
 
 MAX_EXAMPLE_ROWS = 1000  # per-example details kept per task (the whole task is still scored)
@@ -96,29 +95,6 @@ def task_files(task: Any, base_dir: str) -> list[tuple[str, Path]]:
     if matched.problem:
         raise TaskSkipped(f"{task.path}: {matched.detail or matched.problem}")
     return list(zip(matched.names, matched.files, strict=True))
-
-
-def jsonl_records(
-    files: list[tuple[str, Path]], name: str, quarantine: Quarantine
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(locator, record) for each JSON object line of the files; bad lines quarantined."""
-    for display, path in files:
-        with open_binary(path) as handle:
-            for number, line, _ in decoded_lines(handle):
-                if not line.strip():
-                    continue
-                locator = f"{display}:{number}"
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    quarantine.add(
-                        "invalid_json", source=name, locator=locator, detail=str(exc), record=line
-                    )
-                    continue
-                if not isinstance(record, dict):
-                    quarantine.add("not_an_object", source=name, locator=locator, record=line)
-                    continue
-                yield locator, record
 
 
 def read_text(path: Path) -> str:

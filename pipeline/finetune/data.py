@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.model.gpt import IGNORE_INDEX
+from pipeline.train.data import StepDataModule
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -190,7 +190,7 @@ class MixedTrainBatches(IterableDataset):
             k += 1
 
 
-class SFTDataModule(pl.LightningDataModule):
+class SFTDataModule(StepDataModule):
     def __init__(
         self,
         examples_dir: str | Path,
@@ -243,13 +243,7 @@ class SFTDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.check()
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
-
     def train_dataloader(self) -> DataLoader:
-        step = self.trainer.global_step if self.trainer is not None else 0
         rank, world = self._rank_and_world()
         stream = MixedTrainBatches(
             self.train_set,
@@ -259,7 +253,7 @@ class SFTDataModule(pl.LightningDataModule):
             self.packing,
             rank=rank,
             world_size=world,
-            start_batch=step * self.grad_accum_steps,
+            start_batch=self._start_batch(),
         )
         return DataLoader(stream, batch_size=None, generator=self._loader_generator())
 
@@ -270,13 +264,6 @@ class SFTDataModule(pl.LightningDataModule):
             _stack(mine[i : i + self.batch_size]) for i in range(0, len(mine), self.batch_size)
         ]
         return DataLoader(batches, batch_size=None, generator=self._loader_generator())
-
-    def _loader_generator(self) -> torch.Generator:
-        # Each DataLoader iterator draws a base seed from its generator, by default the global
-        # torch RNG that dropout draws from; a resumed run creates its iterators at other
-        # moments, so dropout masks would differ from the uninterrupted run's (as in
-        # pipeline/train/data.py).
-        return torch.Generator().manual_seed(self.seed)
 
     def val_tokens(self, world_size: int = 1) -> int:
         """Response tokens one validation scores."""

@@ -42,6 +42,7 @@ from pipeline.config import ConfigError, task_name
 from pipeline.ingest.files import (
     decoded_lines,
     file_name,
+    jsonl_records,
     match_source_files,
     open_binary,
     resolve_source_path,
@@ -252,22 +253,7 @@ def _table_records(
 def _json_lines(
     display: str, file: Any, name: str, quarantine: Quarantine
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open_binary(file) as handle:
-        for number, line, _ in decoded_lines(handle):
-            if not line.strip():
-                continue
-            locator = f"{display}:{number}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                quarantine.add(
-                    "invalid_json", source=name, locator=locator, detail=str(exc), record=line
-                )
-                continue
-            if not isinstance(record, dict):
-                quarantine.add("not_an_object", source=name, locator=locator, record=line)
-                continue
-            yield locator, record
+    return jsonl_records([(display, file)], name, quarantine)
 
 
 def _whole_json(display: str, file: Any, name: str, quarantine: Quarantine) -> Any:

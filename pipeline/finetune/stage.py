@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.config import PipelineConfig, task_name
 from pipeline.outputs import write_json_atomic
-from pipeline.quarantine import Quarantine
+from pipeline.quarantine import OnceQuarantine
 
 Log = Callable[[str], None]
 BASE_FOLDER = "base"
@@ -79,20 +79,6 @@ def init_identity(config: PipelineConfig, tracking_uri: str | None) -> list[str]
             f"{p.relative_to(local)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files
         ]
     return [f"init:{spec}"]
-
-
-class OnceQuarantine(Quarantine):
-    """Both splits are read from the same files: a bad record is quarantined once."""
-
-    def __init__(self, folder: Path):
-        super().__init__(folder)
-        self._seen: set[tuple[str, str, str]] = set()
-
-    def add(self, reason: str, *, source: str = "", locator: str = "", **kwargs: Any) -> None:
-        key = (reason, source, locator)
-        if key not in self._seen:
-            self._seen.add(key)
-            super().add(reason, source=source, locator=locator, **kwargs)
 
 
 def prepare_examples(

@@ -17,7 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.quarantine import Quarantine
 
 GLOB_CHARS = frozenset("*?[")
 # Files above this size are fingerprinted by size and mtime: hashing a multi-GB dump on
@@ -227,3 +230,26 @@ def source_input_fingerprint(sources: list, base_dir: str | Path) -> list[str]:
         )
         fingerprints.append(hashlib.blake2b(payload.encode(), digest_size=16).hexdigest())
     return fingerprints
+
+
+def jsonl_records(
+    files: list[tuple[str, Path]], name: str, quarantine: Quarantine
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(locator, record) for each JSON object line of the files; bad lines quarantined."""
+    for display, path in files:
+        with open_binary(path) as handle:
+            for number, line, _ in decoded_lines(handle):
+                if not line.strip():
+                    continue
+                locator = f"{display}:{number}"
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    quarantine.add(
+                        "invalid_json", source=name, locator=locator, detail=str(exc), record=line
+                    )
+                    continue
+                if not isinstance(record, dict):
+                    quarantine.add("not_an_object", source=name, locator=locator, record=line)
+                    continue
+                yield locator, record

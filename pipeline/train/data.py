@@ -143,7 +143,32 @@ class FixedValWindows(Dataset):
         return tokens[:-1], tokens[1:]
 
 
-class TokenShardDataModule(pl.LightningDataModule):
+class StepDataModule(pl.LightningDataModule):
+    """What the pretraining and fine-tuning data modules share: the rank and world size they
+    read for, where the batch sequence starts (resume), and the generator of their loaders."""
+
+    seed: int
+    grad_accum_steps: int
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _start_batch(self) -> int:
+        """Resume: continue the batch sequence where the restored optimizer step left it."""
+        step = self.trainer.global_step if self.trainer is not None else 0
+        return step * self.grad_accum_steps
+
+    def _loader_generator(self) -> torch.Generator:
+        # Each DataLoader iterator draws a base seed from its generator, by default the global
+        # torch RNG, which dropout also draws from. A resumed run creates its iterators at other
+        # moments than the original, so with the global RNG dropout masks would differ after a
+        # resume; a private generator keeps the global stream for the model alone.
+        return torch.Generator().manual_seed(self.seed)
+
+
+class TokenShardDataModule(StepDataModule):
     def __init__(
         self,
         shards_dir: str | Path,
@@ -175,21 +200,14 @@ class TokenShardDataModule(pl.LightningDataModule):
         if self.train_windows is None:
             self.check()
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
-
     def train_dataloader(self) -> DataLoader:
-        # Resume: continue the batch sequence where the restored optimizer step left it.
-        step = self.trainer.global_step if self.trainer is not None else 0
         rank, world = self._rank_and_world()
         stream = RandomTrainBatches(
             self.train_windows,
             self.batch_size,
             self.seed,
             rank=rank,
-            start_batch=step * self.grad_accum_steps,
+            start_batch=self._start_batch(),
             world_size=world,
         )
         # the stream yields whole batches; own generator: see _loader_generator
@@ -209,10 +227,3 @@ class TokenShardDataModule(pl.LightningDataModule):
         count = self.val_batches * self.batch_size * world_size
         windows = FixedValWindows(self.val_windows, count, self.batch_size, 0, world_size)
         return windows.total * self.block_size
-
-    def _loader_generator(self) -> torch.Generator:
-        # Each DataLoader iterator draws a base seed from its generator, by default the global
-        # torch RNG, which dropout also draws from. A resumed run creates its iterators at other
-        # moments than the original, so with the global RNG dropout masks would differ after a
-        # resume; a private generator keeps the global stream for the model alone.
-        return torch.Generator().manual_seed(self.seed)

@@ -140,14 +140,14 @@ def build_trainer(
     )
 
 
-def _write_final(checkpoint: Path, request: TrainRequest, out_dir: Path) -> Path:
-    """final/ = the last checkpoint's model files (+ the tokenizer)."""
+def _write_final(request: TrainRequest, out_dir: Path, fill: Any) -> Path:
+    """final/ = the model files `fill(folder)` writes, plus the tokenizer; renamed into place,
+    so a crash never leaves a half-written final/."""
     final = out_dir / "final"
     tmp = out_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        shutil.copyfile(checkpoint / name, tmp / name)
+    fill(tmp)
     if request.tokenizer_path:
         shutil.copyfile(request.tokenizer_path, tmp / "tokenizer.json")
     if final.exists():
@@ -156,18 +156,14 @@ def _write_final(checkpoint: Path, request: TrainRequest, out_dir: Path) -> Path
     return final
 
 
-def _write_merged_final(model: torch.nn.Module, request: TrainRequest, out_dir: Path) -> Path:
-    """final/ = the trained weights with the LoRA adapters merged in: a plain model folder."""
-    final = out_dir / "final"
-    tmp = out_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(merge_lora(model).cpu(), tmp)
-    if request.tokenizer_path:
-        shutil.copyfile(request.tokenizer_path, tmp / "tokenizer.json")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
+def _copy_model_files(checkpoint: Path) -> Any:
+    """The last checkpoint's weights and config, as they are."""
+
+    def fill(folder: Path) -> None:
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.copyfile(checkpoint / name, folder / name)
+
+    return fill
 
 
 def make_data(request: TrainRequest, train: TrainConfig, block_size: int) -> pl.LightningDataModule:
@@ -363,10 +359,10 @@ def run_training(
         last = latest_checkpoint(ckpt_root)
         if last is None:
             raise RuntimeError(f"training ended without a checkpoint in {ckpt_root}")
-        if lora:
-            _write_merged_final(lit.model, request, out_dir)
+        if lora:  # the trained weights with the adapters merged in: a plain model folder
+            _write_final(request, out_dir, lambda tmp: save_model(merge_lora(lit.model).cpu(), tmp))
         else:
-            _write_final(last, request, out_dir)
+            _write_final(request, out_dir, _copy_model_files(last))
         plot_loss_curve(
             lit.history, out_dir / LOSS_CURVE_FILE, title=f"{metrics['num_params'] / 1e6:.2f}M GPT"
         )
