@@ -943,8 +943,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config must be a mapping of sections")
+    raw = _unshared(raw)
     raw.setdefault("base_dir", str(path.resolve().parent))
     return validate_config(apply_overrides(raw, overrides or []))
+
+
+def _unshared(node: Any) -> Any:
+    """The YAML tree with every mapping and list its own copy: a YAML alias (a task written once
+    with `&anchor`, used in finetune.tasks and evaluate.tasks) is loaded as one shared object,
+    and `--set finetune.tasks.0.limit=...` must not change the evaluation task too."""
+    if isinstance(node, dict):
+        return {key: _unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared(value) for value in node]
+    return node
 
 
 def resolve_path(config: PipelineConfig, path: str) -> str:

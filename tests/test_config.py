@@ -116,3 +116,10 @@ def test_finetune_task_errors_name_the_key(tmp_path):
     lora = base + "finetune: {lora: {rank: 0}}\n"
     with pytest.raises(ConfigError, match=r"finetune\.lora\.rank"):
         load_config(write(tmp_path, lora))
+
+
+def test_an_override_of_an_anchored_task_changes_only_that_use():
+    path = REPO / "configs" / "quickstart-finetune.yaml"
+    config = load_config(path, ["finetune.tasks.0.limit=7"])
+    assert config.finetune.tasks[0].limit == 7
+    assert config.evaluate.tasks[1].name == "sentiment" and config.evaluate.tasks[1].limit is None

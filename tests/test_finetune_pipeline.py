@@ -217,3 +217,46 @@ def test_finetune_a_hugging_face_gpt2_folder_with_lora(tmp_path):
     assert start.state_dict().keys() == tuned.state_dict().keys()  # adapters merged away
     changed = [k for k, v in tuned.state_dict().items() if not v.equal(start.state_dict()[k])]
     assert changed and all(".attn." in k or ".mlp." in k for k in changed)
+
+
+def test_the_gpu_config_reads_its_shared_task_data_on_a_tiny_model(tmp_path, shared_data):
+    """configs/finetune-gpt2-124m.yaml end to end on the CPU with a tiny GPT-2 folder in place
+    of the 124M checkpoint: every task's files, fields and templates work as configured."""
+    from tiny_models import save_tiny_model, train_tokenizer
+
+    from pipeline.model.hf import export_hf
+
+    tiny = save_tiny_model(tmp_path / "tiny", train_tokenizer(), activation="gelu_tanh")
+    hf_dir = export_hf(tiny, tmp_path / "hf")
+    limits = [f"finetune.tasks.{i}.limit=40" for i in range(4)]
+    config = load_config(
+        REPO / "configs" / "finetune-gpt2-124m.yaml",
+        [
+            f"finetune.init_from={hf_dir}",
+            *limits,
+            "finetune.train.max_steps=2",
+            "finetune.train.batch_size=2",
+            "finetune.train.grad_accum_steps=1",
+            "finetune.train.warmup_steps=1",
+            "finetune.train.val_every_steps=2",
+            "finetune.train.val_batches=1",
+            "finetune.train.checkpoint_every_steps=2",
+            "finetune.train.compile=false",
+            "finetune.train.precision=32-true",
+            "finetune.train.progress_bar=false",
+            "evaluate.limit=3",
+            "evaluate.max_new_tokens=4",
+        ],
+    )
+    stages = {p.name: p for p in plan(config, tmp_path / "work")}
+    assert list(stages) == ["finetune", "evaluate", "register"]
+    finetune = run_stage(stages["finetune"], config, log=lambda line: None)
+    counts = finetune["counts"]["examples_by_task"]
+    assert set(counts) == {"sst2", "squad", "xsum", "multi30k_en_de"}
+    assert all(
+        c["train"] == 40 and c["eval"] > 0 and c["quarantined"] == 0 for c in counts.values()
+    )
+    evaluation = run_stage(stages["evaluate"], config, log=lambda line: None)
+    metrics = evaluation["metrics"]
+    for name in ("sst2_acc", "squad_f1", "xsum_rouge1", "multi30k_en_de_chrf"):
+        assert name in metrics and f"base_{name}" in metrics
