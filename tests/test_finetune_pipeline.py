@@ -260,3 +260,68 @@ def test_the_gpu_config_reads_its_shared_task_data_on_a_tiny_model(tmp_path, sha
     metrics = evaluation["metrics"]
     for name in ("sst2_acc", "squad_f1", "xsum_rouge1", "multi30k_en_de_chrf"):
         assert name in metrics and f"base_{name}" in metrics
+
+
+KILLABLE_STAGE = """
+import sys
+from pipeline.config import load_config
+from pipeline.dag import plan, run_stage
+
+config = load_config(sys.argv[1], sys.argv[3:])
+stage = next(p for p in plan(config, sys.argv[2]) if p.name == "finetune")
+manifest = run_stage(stage, config, log=lambda line: print(line, flush=True))
+print("metrics", manifest["metrics"]["resumed_from_step"], manifest["metrics"]["steps"])
+"""
+
+
+def test_a_killed_finetune_stage_resumes_from_its_last_checkpoint(tmp_path):
+    """SIGKILL the finetune stage's process after a checkpoint; the same command run again
+    takes over the dead run's partial folder and continues from that checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tiny_models import save_tiny_model, train_tokenizer
+
+    from pipeline.model.hf import export_hf
+
+    tiny = save_tiny_model(tmp_path / "tiny", train_tokenizer(), activation="gelu_tanh")
+    hf_dir = export_hf(tiny, tmp_path / "hf")
+    script = tmp_path / "stage.py"
+    script.write_text(KILLABLE_STAGE)
+    command = [
+        sys.executable,
+        str(script),
+        CONFIG,
+        str(tmp_path / "work"),
+        "sources=[]",
+        f"finetune.init_from={hf_dir}",
+        "finetune.tasks.0.limit=300",
+        "finetune.tasks.1.limit=50",
+        "finetune.train.max_steps=40",
+        "finetune.train.batch_size=4",
+        "finetune.train.val_every_steps=20",
+        "finetune.train.val_batches=1",
+        "finetune.train.checkpoint_every_steps=5",
+        "finetune.train.progress_bar=false",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)  # fmt: skip
+    partial = tmp_path / "work" / "finetune"
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None:
+        if list(partial.glob(".partial-*/checkpoints/step-000010/trainer_state.ckpt")):
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, first.stdout.read().decode()
+    os.killpg(first.pid, signal.SIGKILL)  # the stage and its training process
+    first.wait()
+    assert not [p for p in partial.iterdir() if not p.name.startswith(".")]  # nothing published
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming from" in second.stdout
+    resumed, steps = second.stdout.strip().splitlines()[-1].split()[1:]
+    assert int(resumed) >= 10 and int(steps) == 40
