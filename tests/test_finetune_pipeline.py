@@ -68,6 +68,7 @@ def test_pretrain_finetune_evaluate_register(runs):
     assert counts["sentiment"] == {"train": 3000, "eval": 550, "quarantined": 0}
     assert counts["squad"]["train"] + counts["squad"]["eval"] == 424
     assert finetune["metrics"]["steps"] == 30
+    assert [e["task"] for e in finetune["examples"]] == ["sentiment", "squad"]  # shown in Prefect
     assert finetune["base_model"] == str(Path(first["stages"]["pretrain"]["output"]) / "final")
     final = Path(finetune["output"]) / "final"
     assert load_model(final).config.block_size == 192

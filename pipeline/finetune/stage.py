@@ -113,6 +113,24 @@ def prepare_examples(
     return counts
 
 
+def first_examples(path: Path, chars: int = 300) -> list[dict[str, str]]:
+    """The first training example of each task, shortened: what the Prefect page shows."""
+    seen: dict[str, dict[str, str]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row["task"] not in seen:
+                prompt = (
+                    row["prompt"] if len(row["prompt"]) <= chars else "..." + row["prompt"][-chars:]
+                )
+                seen[row["task"]] = {
+                    "task": row["task"],
+                    "prompt": prompt,
+                    "response": row["response"][:chars],
+                }
+    return list(seen.values())
+
+
 def run_finetune_stage(
     config: PipelineConfig,
     pretrain_out: Path | None,
@@ -157,6 +175,7 @@ def run_finetune_stage(
     return {
         "metrics": metrics,
         "counts": {"examples_by_task": counts},
+        "examples": first_examples(out / "examples" / "train.jsonl"),
         "base_model": str(base.relative_to(out)) if inside else str(base),
         "init_from": ft.init_from or "pretrain",
         "files": {"model": "final", "loss_curve": "loss_curve.png", "examples": "examples"},
