@@ -91,6 +91,27 @@ def hf_config(config: GPTConfig, tokenizer: Tokenizer) -> Any:
     raise ValueError(f"no Hugging Face export for arch {config.arch!r}")
 
 
+def llama_block_names(config: GPTConfig) -> dict[str, str]:
+    """A llama block's parameters, our name -> HF Llama's (the fused q,k,v aside)."""
+    names = {
+        "ln_1.weight": "input_layernorm.weight",
+        "ln_2.weight": "post_attention_layernorm.weight",
+        "attn.c_proj.weight": "self_attn.o_proj.weight",
+        "mlp.c_gate.weight": "mlp.gate_proj.weight",
+        "mlp.c_fc.weight": "mlp.up_proj.weight",
+        "mlp.c_proj.weight": "mlp.down_proj.weight",
+    }
+    if config.bias:  # the projections' biases; RMSNorm has none
+        names.update(
+            {
+                ours.replace("weight", "bias"): theirs.replace("weight", "bias")
+                for ours, theirs in names.items()
+                if not ours.startswith("ln_")
+            }
+        )
+    return names
+
+
 def to_hf_state_dict(net: GPT) -> dict[str, torch.Tensor]:
     """Our parameters under the HF architecture's names and layouts."""
     config = net.config
@@ -116,24 +137,7 @@ def to_hf_state_dict(net: GPT) -> dict[str, torch.Tensor]:
     out["lm_head.weight"] = ours["lm_head.weight"]
     for i in range(config.n_layer):
         ours_prefix, hf = f"transformer.h.{i}.", f"model.layers.{i}."
-        names = {
-            "ln_1.weight": "input_layernorm.weight",
-            "ln_2.weight": "post_attention_layernorm.weight",
-            "attn.c_proj.weight": "self_attn.o_proj.weight",
-            "mlp.c_gate.weight": "mlp.gate_proj.weight",
-            "mlp.c_fc.weight": "mlp.up_proj.weight",
-            "mlp.c_proj.weight": "mlp.down_proj.weight",
-        }
-        if config.bias:
-            names.update(
-                {
-                    "attn.c_proj.bias": "self_attn.o_proj.bias",
-                    "mlp.c_gate.bias": "mlp.gate_proj.bias",
-                    "mlp.c_fc.bias": "mlp.up_proj.bias",
-                    "mlp.c_proj.bias": "mlp.down_proj.bias",
-                }
-            )
-        for mine, theirs in names.items():
+        for mine, theirs in llama_block_names(config).items():
             out[hf + theirs] = ours[ours_prefix + mine]
         for part in ("weight", "bias") if config.bias else ("weight",):
             q, k, v = ours[f"{ours_prefix}attn.c_attn.{part}"].split(c, dim=0)
@@ -248,23 +252,7 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dic
     out["lm_head.weight"] = state.get("lm_head.weight", state["model.embed_tokens.weight"])
     for i in range(config.n_layer):
         mine, hf = f"transformer.h.{i}.", f"model.layers.{i}."
-        pairs = {
-            "ln_1.weight": "input_layernorm.weight",
-            "ln_2.weight": "post_attention_layernorm.weight",
-            "attn.c_proj.weight": "self_attn.o_proj.weight",
-            "mlp.c_gate.weight": "mlp.gate_proj.weight",
-            "mlp.c_fc.weight": "mlp.up_proj.weight",
-            "mlp.c_proj.weight": "mlp.down_proj.weight",
-        }
-        if config.bias:
-            pairs.update(
-                {
-                    k.replace("weight", "bias"): v.replace("weight", "bias")
-                    for k, v in pairs.items()
-                    if not k.startswith("ln_")
-                }
-            )
-        for ours_name, theirs in pairs.items():
+        for ours_name, theirs in llama_block_names(config).items():
             out[mine + ours_name] = state[hf + theirs]
         for part in ("weight", "bias") if config.bias else ("weight",):
             out[f"{mine}attn.c_attn.{part}"] = torch.cat(
