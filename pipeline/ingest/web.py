@@ -249,21 +249,30 @@ def source_root(path: str, base_dir: str | Path) -> Path:
     return root if root.is_dir() else root.parent
 
 
-def iter_html_pages(
-    files: list[tuple[str, Any]], max_bytes: int, urls: dict[str, str], root: Path | None
-) -> Iterator[Page | ReadProblem]:
+def _file_bytes(
+    files: list[tuple[str, Any]], max_bytes: int
+) -> Iterator[tuple[str, Any, bytes | ReadProblem]]:
+    """(display name, file, its first max_bytes + 1 bytes, or why they could not be read)."""
     for name, file in files:
+        data: bytes | ReadProblem
         try:
             with open_binary(file) as handle:
                 data = _read_capped(handle, max_bytes)
         except EOFError as exc:
-            yield ReadProblem("truncated_gzip", name, str(exc) or "EOF")
-            continue
+            data = ReadProblem("truncated_gzip", name, str(exc) or "EOF")
         except (gzip.BadGzipFile, zlib.error) as exc:
-            yield ReadProblem("corrupt_gzip", name, str(exc))
-            continue
+            data = ReadProblem("corrupt_gzip", name, str(exc))
         except OSError as exc:
-            yield ReadProblem("unreadable_file", name, f"{type(exc).__name__}: {exc}")
+            data = ReadProblem("unreadable_file", name, f"{type(exc).__name__}: {exc}")
+        yield name, file, data
+
+
+def iter_html_pages(
+    files: list[tuple[str, Any]], max_bytes: int, urls: dict[str, str], root: Path | None
+) -> Iterator[Page | ReadProblem]:
+    for name, file, data in _file_bytes(files, max_bytes):
+        if isinstance(data, ReadProblem):
+            yield data
             continue
         if not data.strip():
             yield ReadProblem("empty_file", name, "the file holds no bytes")
@@ -329,18 +338,9 @@ def iter_feed_items(
 ) -> Iterator[FeedItem | ReadProblem | RepairNote]:
     import feedparser
 
-    for name, file in files:
-        try:
-            with open_binary(file) as handle:
-                data = _read_capped(handle, max_bytes)
-        except EOFError as exc:
-            yield ReadProblem("truncated_gzip", name, str(exc) or "EOF")
-            continue
-        except (gzip.BadGzipFile, zlib.error) as exc:
-            yield ReadProblem("corrupt_gzip", name, str(exc))
-            continue
-        except OSError as exc:
-            yield ReadProblem("unreadable_file", name, f"{type(exc).__name__}: {exc}")
+    for name, _, data in _file_bytes(files, max_bytes):
+        if isinstance(data, ReadProblem):
+            yield data
             continue
         if len(data) > max_bytes:
             yield ReadProblem("page_too_large", name, f"the feed is over {max_bytes:,} bytes")
