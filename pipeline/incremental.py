@@ -111,7 +111,9 @@ def resolve(config: PipelineConfig, workdir: Path, tracking_uri: str | None) -> 
 
 
 def _champion(config: PipelineConfig, tracking_uri: str | None) -> str | None:
-    """`models:/NAME/VERSION` of the current champion (a version, so the fingerprint is exact)."""
+    """What pretraining continues from: `models:/NAME/VERSION` of the current champion (a
+    version, so the fingerprint is exact). When the pipeline fine-tunes, the champion is a
+    fine-tuned model: pretraining continues from the pretrained weights it was tuned from."""
     if not tracking_uri:
         return None
     from mlflow import MlflowClient
@@ -123,6 +125,9 @@ def _champion(config: PipelineConfig, tracking_uri: str | None) -> str | None:
         version = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None
+    if config.finetune.enabled:
+        pretrained = Path(version.tags.get("llmpipe.pretrain_output", "")) / "final"
+        return str(pretrained) if (pretrained / "model.safetensors").is_file() else None
     return f"models:/{name}/{version.version}"
 
 

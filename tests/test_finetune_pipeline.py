@@ -326,3 +326,19 @@ def test_a_killed_finetune_stage_resumes_from_its_last_checkpoint(tmp_path):
     assert "resuming from" in second.stdout
     resumed, steps = second.stdout.strip().splitlines()[-1].split()[1:]
     assert int(resumed) >= 10 and int(steps) == 40
+
+
+def test_an_increment_of_a_finetune_pipeline_pretrains_from_the_champions_pretrained_weights(
+    runs,
+):
+    """Incremental runs continue pretraining from the champion; with fine-tuning on, the
+    champion is a fine-tune, so pretraining continues from the pretrained model under it."""
+    from pipeline.incremental import _champion
+
+    _, first, _ = runs
+    config = load_config(CONFIG, SHRINK)
+    start = _champion(config, first["tracking_uri"])
+    assert start == str(Path(first["stages"]["pretrain"]["output"]) / "final")
+    plain = load_config(CONFIG, [*SHRINK, "finetune.tasks=[]"])
+    version = first["stages"]["register"]["registered"]["version"]
+    assert _champion(plain, first["tracking_uri"]) == f"models:/ft-e2e/{version}"
