@@ -25,6 +25,7 @@ from pipeline.finetune.examples import (
     is_eval,
     language_name,
     read_examples,
+    read_splits,
     task_input_files,
 )
 from pipeline.quarantine import Quarantine, read_quarantine
@@ -397,3 +398,17 @@ def test_a_folder_reads_its_record_files_in_name_order(tmp_path, quarantine):
     ]
     assert not quarantine.counts
     assert [p.name for p in task_input_files(task, str(tmp_path))] == ["a.csv", "b.jsonl"]
+
+
+@pytest.mark.parametrize("limit", [None, 40])
+@pytest.mark.parametrize("eval_path", [None, "sst2_dev_sample.jsonl"])
+def test_read_splits_is_both_splits_in_one_read(tmp_path, limit, eval_path):
+    task = ClassificationTask(type="classification", path="sst2_sample.jsonl", limit=limit,
+                              eval_path=eval_path, eval_fraction=0.2, labels=SST2_LABELS)  # fmt: skip
+    with Quarantine(tmp_path) as quarantine:
+        train, held_out = read_splits(task, str(FINETUNE), quarantine)
+        assert train == read_examples(task, str(FINETUNE), quarantine, split="train")
+        assert held_out == read_examples(task, str(FINETUNE), quarantine, split="eval")
+    assert train and held_out
+    if limit:
+        assert len(train) == len(held_out) == limit

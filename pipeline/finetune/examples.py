@@ -551,6 +551,21 @@ def is_eval(example: Example, eval_fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < eval_fraction
 
 
+def _reader(task: Any, base_dir: str | Path, quarantine: Quarantine) -> Any:
+    """path -> the examples of that file (the templates checked before any file is read)."""
+    builder = _Builder(task, quarantine)
+
+    def read(path: str) -> Iterator[Example]:
+        if task.type == "translation" and task.target_path is not None and path == task.path:
+            return builder.from_parallel_text(base_dir)
+        return builder.from_path(path, base_dir)
+
+    if task.eval_path is not None:
+        # Check both exist up front: a typo in eval_path should not wait for a long train read.
+        named_input_files(task, base_dir)
+    return read
+
+
 def read_examples(
     task: Any, base_dir: str | Path, quarantine: Quarantine, split: str = "train"
 ) -> list[Example]:
@@ -558,17 +573,9 @@ def read_examples(
     `task.limit` of them. FileNotFoundError when a file is absent."""
     if split not in ("train", "eval", "all"):
         raise ValueError(f"split must be 'train', 'eval' or 'all', not {split!r}")
-    builder = _Builder(task, quarantine)  # templates checked before any file is read
-
-    def read(path: str) -> Iterator[Example]:
-        if task.type == "translation" and task.target_path is not None and path == task.path:
-            return builder.from_parallel_text(base_dir)
-        return builder.from_path(path, base_dir)
-
+    read = _reader(task, base_dir, quarantine)
     selected: Iterator[Example]
     if task.eval_path is not None:
-        # Check both exist up front: a typo in eval_path should not wait for a long train read.
-        named_input_files(task, base_dir)
         parts = {"train": [task.path], "eval": [task.eval_path], "all": [task.path, task.eval_path]}
         selected = (e for path in parts[split] for e in read(path))
     else:
@@ -579,3 +586,25 @@ def read_examples(
             held_out = split == "eval"
             selected = (e for e in examples if is_eval(e, task.eval_fraction) == held_out)
     return list(islice(selected, task.limit))
+
+
+def read_splits(
+    task: Any, base_dir: str | Path, quarantine: Quarantine
+) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) examples of the task, each as `read_examples` gives it, reading each
+    file once (fine-tuning needs both)."""
+    read = _reader(task, base_dir, quarantine)
+    if task.eval_path is not None:
+        return list(islice(read(task.path), task.limit)), list(
+            islice(read(task.eval_path), task.limit)
+        )
+    train: list[Example] = []
+    held_out: list[Example] = []
+    cap = task.limit if task.limit is not None else float("inf")
+    for example in read(task.path):
+        part = held_out if is_eval(example, task.eval_fraction) else train
+        if len(part) < cap:
+            part.append(example)
+        if len(train) >= cap and len(held_out) >= cap:
+            break
+    return train, held_out

@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.config import PipelineConfig, task_name
 from pipeline.outputs import write_json_atomic
-from pipeline.quarantine import OnceQuarantine
+from pipeline.quarantine import QUARANTINE_FILE, Quarantine
 
 Log = Callable[[str], None]
 BASE_FOLDER = "base"
@@ -85,31 +85,35 @@ def prepare_examples(
     config: PipelineConfig, out: Path, log: Log = print
 ) -> dict[str, dict[str, int]]:
     """Write examples/train.jsonl and examples/eval.jsonl; return counts per task."""
-    from pipeline.finetune.examples import read_examples
+    from pipeline.finetune.examples import read_splits
 
     folder = out / "examples"
     folder.mkdir(parents=True, exist_ok=True)
+    (out / QUARANTINE_FILE).unlink(missing_ok=True)  # a resumed attempt reads the files again
     counts: dict[str, dict[str, int]] = {}
-    with OnceQuarantine(out) as quarantine:
-        splits: dict[str, list[Any]] = {"train": [], "eval": []}
+    splits: dict[str, list[Any]] = {"train": [], "eval": []}
+    with Quarantine(out) as quarantine:
         for task in config.finetune.tasks:
             name = task_name(task)
             before = sum(quarantine.counts.values())
-            for split in splits:
-                found = read_examples(task, config.base_dir, quarantine, split=split)
-                splits[split].extend(found)
-                counts.setdefault(name, {})[split] = len(found)
-            counts[name]["quarantined"] = sum(quarantine.counts.values()) - before
+            train, held_out = read_splits(task, config.base_dir, quarantine)
+            splits["train"] += train
+            splits["eval"] += held_out
+            counts[name] = {
+                "train": len(train),
+                "eval": len(held_out),
+                "quarantined": sum(quarantine.counts.values()) - before,
+            }
             log(
-                f"finetune: {name}: {counts[name]['train']} train, {counts[name]['eval']} "
-                f"held-out examples, {counts[name]['quarantined']} records quarantined"
+                f"finetune: {name}: {len(train)} train, {len(held_out)} held-out examples, "
+                f"{counts[name]['quarantined']} records quarantined"
             )
-        for split, examples in splits.items():
-            tmp = folder / f".{split}.jsonl.tmp"
-            with tmp.open("w", encoding="utf-8") as handle:
-                for example in examples:
-                    handle.write(json.dumps(asdict(example), ensure_ascii=False) + "\n")
-            tmp.rename(folder / f"{split}.jsonl")
+    for split, examples in splits.items():
+        tmp = folder / f".{split}.jsonl.tmp"
+        with tmp.open("w", encoding="utf-8") as handle:
+            for example in examples:
+                handle.write(json.dumps(asdict(example), ensure_ascii=False) + "\n")
+        tmp.rename(folder / f"{split}.jsonl")
     return counts
 
 

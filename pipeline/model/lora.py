@@ -60,11 +60,18 @@ def _is_target(name: str, targets: Sequence[str]) -> bool:
 
 
 def add_lora(
-    model: nn.Module, rank: int, alpha: float, dropout: float, targets: Sequence[str]
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: Sequence[str],
+    train_embeddings: bool = False,
 ) -> int:
-    """Adapt every `nn.Linear` whose name ends with a target; freeze the rest.
+    """Adapt every `nn.Linear` whose name ends with a target; freeze the rest (but the
+    embeddings, and the head tied to the token embedding, with `train_embeddings`).
 
-    Returns the number of trainable parameters (the adapters' rank * (in + out) each).
+    Returns the number of trainable parameters (the adapters' rank * (in + out) each, plus the
+    embeddings when they train).
     Raises ValueError when no module matched or the model already has adapters.
     """
     if has_lora(model):
@@ -84,6 +91,10 @@ def add_lora(
     model.requires_grad_(False)
     for name, module in matches:
         _replace(model, name, LoRALinear(module, rank, alpha, dropout))
+    if train_embeddings:
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                module.weight.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -36,9 +36,9 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.config import TrainConfig
-from pipeline.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_model
-from pipeline.model.gpt import GPTConfig
-from pipeline.model.lora import add_lora, merge_lora
+from pipeline.model.checkpoint import load_state_dict, load_weights, save_state_dict
+from pipeline.model.gpt import GPT, GPTConfig
+from pipeline.model.lora import add_lora, merged_state_dict
 from pipeline.outputs import write_json_atomic
 from pipeline.train.checkpoints import (
     BEST_FOLDER,
@@ -140,30 +140,20 @@ def build_trainer(
     )
 
 
-def _write_final(request: TrainRequest, out_dir: Path, fill: Any) -> Path:
-    """final/ = the model files `fill(folder)` writes, plus the tokenizer; renamed into place,
-    so a crash never leaves a half-written final/."""
+def _write_final(checkpoint: Path, request: TrainRequest, out_dir: Path, model: GPT) -> Path:
+    """final/ = the last checkpoint's weights (LoRA adapters merged in: a plain model folder)
+    and config, plus the tokenizer; renamed into place, so a crash never leaves half a final/."""
     final = out_dir / "final"
     tmp = out_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    fill(tmp)
+    tensors = load_state_dict(checkpoint, model.config)
+    save_state_dict(merged_state_dict(model, tensors), model.config, tmp)
     if request.tokenizer_path:
         shutil.copyfile(request.tokenizer_path, tmp / "tokenizer.json")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
     return final
-
-
-def _copy_model_files(checkpoint: Path) -> Any:
-    """The last checkpoint's weights and config, as they are."""
-
-    def fill(folder: Path) -> None:
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            shutil.copyfile(checkpoint / name, folder / name)
-
-    return fill
 
 
 def make_data(request: TrainRequest, train: TrainConfig, block_size: int) -> pl.LightningDataModule:
@@ -242,13 +232,13 @@ def run_training(
     lora = (request.finetune or {}).get("lora")
     if lora:  # adapters only train; a resumed run gets them from its checkpoint
         trainable = add_lora(
-            lit.model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"]
+            lit.model,
+            lora["rank"],
+            lora["alpha"],
+            lora["dropout"],
+            lora["targets"],
+            train_embeddings=lora.get("train_embeddings", False),
         )
-        if lora.get("train_embeddings"):  # the token embedding (and the head tied to it)
-            for module in lit.model.modules():
-                if isinstance(module, torch.nn.Embedding):
-                    module.weight.requires_grad_(True)
-                    trainable += module.weight.numel()
         print(
             f"LoRA rank {lora['rank']} on {', '.join(lora['targets'])}: {trainable:,} "
             f"trainable parameters of {lit.model.num_params(non_embedding=False):,}",
@@ -349,9 +339,7 @@ def run_training(
     }
     metrics.update(getattr(data, "stats", {}))  # fine-tuning: examples read, truncated
     if lora:
-        metrics["trainable_params"] = sum(
-            p.numel() for p in lit.model.parameters() if p.requires_grad
-        )
+        metrics["trainable_params"] = trainable
     best = ckpt_root / BEST_FOLDER / "best.json"
     if is_main and best.is_file():
         metrics["best_val_loss"] = json.loads(best.read_text())["val_loss"]
@@ -359,10 +347,7 @@ def run_training(
         last = latest_checkpoint(ckpt_root)
         if last is None:
             raise RuntimeError(f"training ended without a checkpoint in {ckpt_root}")
-        if lora:  # the trained weights with the adapters merged in: a plain model folder
-            _write_final(request, out_dir, lambda tmp: save_model(merge_lora(lit.model).cpu(), tmp))
-        else:
-            _write_final(request, out_dir, _copy_model_files(last))
+        _write_final(last, request, out_dir, lit.model)
         plot_loss_curve(
             lit.history, out_dir / LOSS_CURVE_FILE, title=f"{metrics['num_params'] / 1e6:.2f}M GPT"
         )
