@@ -43,6 +43,7 @@ class Timing:
     first_step_seconds: float  # from the start of the run to the end of step 1 (compile)
     timed_steps: int
     final_loss: float
+    peak_memory_gb: float | None = None  # the most the CUDA caching allocator held; None: CPU
 
 
 def text_shards(folder: Path) -> tuple[Path, int]:
@@ -77,6 +78,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+
+
+def _compile(model: torch.nn.Module, train: TrainConfig) -> None:
+    """In place, as LitGPT.configure_model does, in the config's compile mode."""
+    model.compile(mode=None if train.compile_mode == "default" else train.compile_mode)
+
+
 def _device(train: TrainConfig) -> torch.device:
     if train.accelerator == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
@@ -90,18 +105,21 @@ def plain_loop(
     shards: Path,
     warmup: int,
     name: str = "plain PyTorch loop",
+    fused: bool | None = None,
 ) -> Timing:
-    """The reference: a training loop written out by hand, no framework."""
+    """The reference: a training loop written out by hand, no framework. `fused`: AdamW in one
+    kernel (default: on CUDA, as LitGPT)."""
     device = _device(train)
+    _reset_peak_memory(device)
     torch.manual_seed(train.seed)
     model = GPT(GPTConfig.from_model_config(model_cfg, vocab_size)).to(device)
     if train.compile:
-        model.compile()
+        _compile(model, train)
     optimizer = torch.optim.AdamW(
         param_groups(model, train),
         lr=train.learning_rate,
         betas=(train.beta1, train.beta2),
-        fused=device.type == "cuda",
+        fused=device.type == "cuda" if fused is None else fused,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, train))
     windows = TokenWindows(sorted(shards.glob("train-*.bin")), model_cfg.block_size + 1, "train")
@@ -143,7 +161,8 @@ def plain_loop(
     seconds = time.perf_counter() - clock
     timed = train.max_steps - warmup
     tokens = timed * train.batch_size * accum * model_cfg.block_size
-    return Timing(name, tokens / seconds, first, timed, torch.stack(losses).mean().item())
+    loss = torch.stack(losses).mean().item()
+    return Timing(name, tokens / seconds, first, timed, loss, _peak_memory_gb(device))
 
 
 class StepClock(pl.Callback):
@@ -185,6 +204,7 @@ def lightning_run(
 ) -> tuple[Timing, LitGPT]:
     """Our Trainer (pipeline.train.pretrain.build_trainer + LitGPT), no checkpoints."""
     device = _device(train)
+    _reset_peak_memory(device)
     torch.manual_seed(train.seed)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
@@ -203,7 +223,8 @@ def lightning_run(
     timed = train.max_steps - warmup
     tokens = timed * train.batch_size * train.grad_accum_steps * model_cfg.block_size
     seconds = clock.end - clock.clock
-    return Timing(name, tokens / seconds, clock.first, timed, float(lit.last_train_loss)), lit
+    loss = float(lit.last_train_loss)
+    return Timing(name, tokens / seconds, clock.first, timed, loss, _peak_memory_gb(device)), lit
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

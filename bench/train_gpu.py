@@ -45,30 +45,44 @@ CONFIG = REPO / "configs" / "gpt2-small.yaml"
 VOCAB = 50304
 
 
-def settings(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, int]:
+def gpt2_small_settings(
+    *,
+    tiny: bool,
+    steps: int,
+    warmup: int,
+    grad_accum: int,
+    batch_size: int | None = None,
+    compile: bool | None = None,
+    compile_mode: str | None = None,
+    strategy: str | None = None,
+) -> tuple[ModelConfig, TrainConfig, int]:
+    """The model and train sections of configs/gpt2-small.yaml for a short timed run
+    (`tiny`: the same code path at a size the CPU runs in seconds); (model, train, vocab)."""
     raw = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
     model = ModelConfig.model_validate(raw["model"])
     train = TrainConfig.model_validate(raw["train"])
     vocab = int(raw.get("tokenizer", {}).get("vocab_size", VOCAB))
     update = dict(
-        max_steps=args.warmup + args.steps,
-        grad_accum_steps=args.grad_accum,
-        log_every_steps=max(1, args.steps),
+        max_steps=warmup + steps,
+        grad_accum_steps=grad_accum,
+        log_every_steps=max(1, steps),
         progress_bar=False,
         sample_tokens=0,
     )
-    if args.tiny:  # the same code path at a size the CPU runs in seconds
+    if tiny:
         model = model.model_copy(update=dict(n_layer=2, n_head=2, n_embd=64, block_size=128))
         update.update(
             accelerator="cpu", devices=1, precision="32-true", batch_size=4, compile=False
         )
         vocab = 512
-    if args.batch_size:
-        update["batch_size"] = args.batch_size
-    if args.compile is not None:
-        update["compile"] = args.compile
-    if args.strategy:
-        update["strategy"] = args.strategy
+    for key, value in (
+        ("batch_size", batch_size),
+        ("compile", compile),
+        ("compile_mode", compile_mode),
+        ("strategy", strategy),
+    ):
+        if value is not None:
+            update[key] = value
     return model, train.model_copy(update=update), vocab
 
 
@@ -86,7 +100,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    model_cfg, train, vocab = settings(args)
+    model_cfg, train, vocab = gpt2_small_settings(
+        tiny=args.tiny,
+        steps=args.steps,
+        warmup=args.warmup,
+        grad_accum=args.grad_accum,
+        batch_size=args.batch_size,
+        compile=args.compile,
+        strategy=args.strategy,
+    )
     on_gpu = torch.cuda.is_available() and train.accelerator != "cpu"
     device_name = torch.cuda.get_device_name() if on_gpu else "cpu"
     precision = resolve_precision(train)
@@ -122,14 +144,16 @@ def main() -> int:
                 f"{run.tokens_per_second:,.0f}",
                 f"{100 * mfu:.1f}%" if mfu is not None else "n/a (no peak)",
                 f"{run.first_step_seconds:.1f}",
+                f"{run.peak_memory_gb:.1f}" if run.peak_memory_gb is not None else "n/a",
                 f"{run.final_loss:.4f}",
             ]
         )
     if len(runs) == 2:
         ratio = runs[0].tokens_per_second / runs[1].tokens_per_second
-        rows.append(["Lightning / plain", f"{ratio:.3f}", "", "", ""])
+        rows.append(["Lightning / plain", f"{ratio:.3f}", "", "", "", ""])
     table = markdown_table(
-        ["run", "tokens/s", "MFU", "s to end of step 1 (compile)", "final loss"], rows
+        ["run", "tokens/s", "MFU", "s to end of step 1 (compile)", "peak GB", "final loss"],
+        rows,
     )
     command = "python bench/train_gpu.py " + " ".join(sys.argv[1:])
     report = (

@@ -401,6 +401,11 @@ class TrainConfig(Section):
         "32-true", description="auto: bf16-mixed on a GPU that supports it, else 32-true"
     )
     compile: bool = False
+    compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs"] = operational(
+        "default",
+        description="torch.compile mode: max-autotune searches matmul kernels (minutes of "
+        "compile on a GPU for a few % more speed; bench/gpu_check.py measures it)",
+    )
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = Field("auto", description="auto, ddp, fsdp, or any Lightning strategy name")

@@ -354,9 +354,11 @@ def _register_depends(
 
 def _registry_identity(config: PipelineConfig, tracking_uri: str | None) -> list[str]:
     """A registration is only 'done' in the registry it went to."""
+    if not tracking_uri:  # no registry: planning needs no MLflow (the GPU check's machine)
+        return [""]
     from pipeline.tracking.runs import redact
 
-    return [redact(tracking_uri or "")]
+    return [redact(tracking_uri)]
 
 
 DATA = _pretrains  # the data stages feed pretraining only

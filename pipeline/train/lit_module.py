@@ -156,7 +156,8 @@ class LitGPT(pl.LightningModule):
         # Compile the inner nn.Module, in place: compiling the LightningModule breaks on
         # self.log (probe-stack.md §4), and in-place keeps the state_dict keys free of _orig_mod.
         if self.train_config.compile and not self._compiled:
-            self.model.compile()
+            mode = self.train_config.compile_mode
+            self.model.compile(mode=None if mode == "default" else mode)
             self._compiled = True
 
     # ------------------------------------------------------------------------------ training

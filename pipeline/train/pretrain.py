@@ -337,6 +337,8 @@ def run_training(
         "world_size": trainer.world_size,
         "precision": resolve_precision(train),
     }
+    if device.type == "cuda":  # what this process took at most (the caching allocator's view)
+        metrics["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
     metrics.update(getattr(data, "stats", {}))  # fine-tuning: examples read, truncated
     if lora:
         metrics["trainable_params"] = trainable
