@@ -56,6 +56,7 @@ PARTS = [
     Part("resume", "Checkpoint and resume on CUDA", 45, 180),
     Part("finetune", "Fine-tuning a 124M GPT-2 (full and LoRA)", 120, 330),
     Part("batch_size", "Lever: micro-batch size", 45, 150),
+    Part("tf32", "Lever: TF32 off", 45, 150),
     Part("max_autotune", "Lever: torch.compile max-autotune", 120, 300),
 ]
 
