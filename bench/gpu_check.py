@@ -158,9 +158,10 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, total: float) -> s
     return "\n".join(lines) + "\n"
 
 
-def default_out(outcomes: list[Outcome], tiny: bool) -> Path:
-    env = next((o.found for o in outcomes if o.part.name == "environment" and o.found), None)
-    name = "tiny-cpu" if tiny or not env else env["numbers"]["gpu"]
+def default_out(tiny: bool) -> Path:
+    import torch  # here only: the orchestrator itself needs no torch until the report
+
+    name = "tiny-cpu" if tiny or not torch.cuda.is_available() else torch.cuda.get_device_name()
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return HERE / "results" / f"gpu_check_{slug}.md"
 
@@ -170,7 +171,7 @@ def write_report(
 ) -> Path:
     """The report (--out, or bench/results/gpu_check_<gpu>.md) and the numbers as JSON beside it;
     copies of both and of the log in $OUT when that is a folder (the device tool brings it back)."""
-    out = args.out or default_out(outcomes, args.tiny)
+    out = args.out or default_out(args.tiny)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report(outcomes, args, total), encoding="utf-8")
     numbers = {o.part.name: {"status": o.status, "seconds": o.seconds, **(o.found or {})}

@@ -161,10 +161,12 @@ def part_environment(ctx: Context) -> dict:
 # ------------------------------------------------------------------------------- throughput
 
 
-def _gpt2_small(ctx: Context, **changes: Any) -> tuple[Any, Any, int, float, float | None]:
+def _gpt2_small(
+    ctx: Context, grad_accum: int = GRAD_ACCUM, **changes: Any
+) -> tuple[Any, Any, int, float, float | None]:
     warmup, steps = (2, 3) if ctx.tiny else THROUGHPUT_STEPS
     model_cfg, train, vocab = gpt2_small_settings(
-        tiny=ctx.tiny, steps=steps, warmup=warmup, grad_accum=GRAD_ACCUM, **changes
+        tiny=ctx.tiny, steps=steps, warmup=warmup, grad_accum=grad_accum, **changes
     )
     with torch.device("meta"):
         flops = GPT(GPTConfig.from_model_config(model_cfg, vocab)).flops_per_token()
@@ -203,14 +205,13 @@ def _mfu(run: Timing, flops: float, peak: float | None) -> float | None:
     return run.tokens_per_second * flops / peak if peak else None
 
 
-def _setup_line(model_cfg: Any, train: Any, flops: float, peak: float | None) -> str:
+def _setup_line(model_cfg: Any, train: Any, warmup: int, flops: float, peak: float | None) -> str:
     tokens = train.batch_size * train.grad_accum_steps * model_cfg.block_size
     return (
         f"{model_cfg.n_layer} layers x {model_cfg.n_embd}, context {model_cfg.block_size}, "
         f"batch {train.batch_size} x {train.grad_accum_steps} accumulation = {tokens:,} tokens "
         f"per optimizer step, {resolve_precision(train)}, compile {train.compile} "
-        f"({train.compile_mode}), {train.max_steps} steps of which the first "
-        f"{train.max_steps - (2 if train.accelerator == 'cpu' else THROUGHPUT_STEPS[1])} untimed, "
+        f"({train.compile_mode}), {train.max_steps} steps of which the first {warmup} untimed, "
         f"{flops / 1e9:.3f} GFLOP/token; MFU against "
         f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'no peak (CPU)'}"
     )
@@ -246,7 +247,7 @@ def part_throughput(ctx: Context) -> dict:
     goals = [["Lightning / plain >= 0.97", f"{ratio:.3f}", ratio >= 0.97]]
     if mfu is not None:
         goals.append(["MFU >= 50% (our trainer, gpt2-small)", f"{100 * mfu:.1f}%", mfu >= 0.5])
-    markdown = _setup_line(model_cfg, train, flops, peak) + ".\n\n"
+    markdown = _setup_line(model_cfg, train, warmup, flops, peak) + ".\n\n"
     markdown += markdown_table(TIMING_HEADER, rows) + "\n"
     summary = f"Lightning {lit.tokens_per_second:,.0f} tok/s"
     if mfu is not None:
@@ -264,7 +265,7 @@ def _plain_lever(ctx: Context, label: str, float32_matmuls: str = "high", **chan
         torch.set_float32_matmul_precision(float32_matmuls)
     run = plain_loop(model_cfg, train, vocab, shards, warmup, name=f"plain loop, {label}")
     mfu = _mfu(run, flops, peak)
-    markdown = _setup_line(model_cfg, train, flops, peak) + ".\n\n"
+    markdown = _setup_line(model_cfg, train, warmup, flops, peak) + ".\n\n"
     markdown += markdown_table(TIMING_HEADER, _timing_rows([run], flops, peak)) + "\n"
     summary = f"{label}: {run.tokens_per_second:,.0f} tok/s"
     if mfu is not None:
@@ -280,9 +281,11 @@ def _plain_lever(ctx: Context, label: str, float32_matmuls: str = "high", **chan
 
 
 def part_batch_size(ctx: Context) -> dict:
-    """The plain loop at micro-batch 32 (x 2 accumulation: the same tokens per step as 16 x 4):
-    bigger matmuls, more memory."""
-    return _plain_lever(ctx, "micro-batch 32 x 2", batch_size=8 if ctx.tiny else 32)
+    """The plain loop at micro-batch 32 x 2 accumulation (the same tokens per optimizer step as
+    the throughput part's 16 x 4): bigger matmuls, more memory."""
+    return _plain_lever(
+        ctx, "micro-batch 32 x 2", batch_size=8 if ctx.tiny else 32, grad_accum=GRAD_ACCUM // 2
+    )
 
 
 def part_tf32(ctx: Context) -> dict:
@@ -367,9 +370,11 @@ def _shakespeare_run(ctx: Context, label: str, extra: list[str]) -> dict[str, An
         "train_loss": metrics["train_loss"],
         "training_seconds": metrics["wall_seconds"],
         "stage_seconds": pretrain["seconds"],
-        "tokens_per_second": metrics["tokens_per_second"],
+        "tokens_per_second": metrics.get("steady_tokens_per_second"),
         "peak_memory_gb": metrics.get("peak_gpu_memory_gb"),
         "params": metrics["num_params"],
+        "best_step": metrics.get("best_step"),
+        "final_weights": metrics.get("final_weights"),
         "data_stage_seconds": sum(
             m["seconds"] for name, m in manifests.items() if name != "pretrain"
         ),
@@ -397,7 +402,7 @@ SHAKESPEARE_HEADER = [
     "val loss at the end",
     "best val loss",
     "wall s (process start to end)",
-    "tokens/s",
+    "tokens/s (steady)",
     "peak GB",
 ]
 
@@ -417,8 +422,9 @@ def part_shakespeare(ctx: Context) -> dict:
         "training. nanoGPT reports 1.4697 (best val, ~3 min on an A100).\n"
     )
     summary = (
-        f"val loss {run['val_loss']:.4f} (best {run['best_val_loss'] or float('nan'):.4f}) "
-        f"after {run['steps']} steps, {run['training_seconds']:.0f} s"
+        f"val loss {run['val_loss']:.4f} after {run['steps']} steps (best "
+        f"{run['best_val_loss'] or float('nan'):.4f} at step {run['best_step']}; final/ holds "
+        f"the {run['final_weights']}), {run['training_seconds']:.0f} s"
     )
     return result(summary, markdown, run, goals)
 
@@ -451,14 +457,17 @@ def _nanogpt_reference(ctx: Context, source: Path) -> dict[str, Any]:
             "--block_size=64",
             "--batch_size=8",
         ]
+    tokens_per_iter = 8 * 64 if ctx.tiny else 64 * 256  # batch x context of the config
     started = time.perf_counter()
     done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    print(done.stdout[-4000:] + done.stderr[-4000:], flush=True)
+    evaluations = [line for line in done.stdout.splitlines() if NANOGPT_STEP.search(line)]
+    print("\n".join(evaluations) + "\n" + done.stderr[-4000:], flush=True)
     if done.returncode != 0:
         raise RuntimeError(f"nanoGPT's train.py failed with exit status {done.returncode}")
     evals = [(int(s), float(t), float(v)) for s, t, v in NANOGPT_STEP.findall(done.stdout)]
-    iters = NANOGPT_ITER.findall(done.stdout)
+    # the median iteration: the ones that include an evaluation take ~2 s
+    iter_ms = sorted(float(ms) for _, _, ms, _ in NANOGPT_ITER.findall(done.stdout))
     step, train_loss, val_loss = evals[-1]
     return {
         "label": "nanoGPT train.py, config/train_shakespeare_char.py (GPT-2 blocks)",
@@ -468,11 +477,13 @@ def _nanogpt_reference(ctx: Context, source: Path) -> dict[str, Any]:
         "best_val_loss": min(v for _, _, v in evals),
         "train_loss": train_loss,
         "training_seconds": seconds,
-        "tokens_per_second": None,
+        "tokens_per_second": tokens_per_iter / (iter_ms[len(iter_ms) // 2] / 1000)
+        if iter_ms
+        else None,
         "peak_memory_gb": None,
         "params": _nanogpt_params(done.stdout),
-        "last_iter_ms": float(iters[-1][2]) if iters else None,
-        "last_mfu_percent": float(iters[-1][3]) if iters else None,
+        "median_iter_ms": iter_ms[len(iter_ms) // 2] if iter_ms else None,
+        "best_step": min(evals, key=lambda e: e[2])[0],
     }
 
 
@@ -491,10 +502,10 @@ def part_nanogpt(ctx: Context) -> dict:
         nanogpt_model = ["model.arch=gpt2", "model.bias=false"]
         run = _shakespeare_run(ctx, "ours: nanoGPT's model and schedule (gpt2)", nanogpt_model)
     markdown = markdown_table(SHAKESPEARE_HEADER, [_shakespeare_row(run)]) + "\n"
-    if run.get("last_iter_ms"):
+    if run.get("median_iter_ms"):
         markdown += (
-            f"\nnanoGPT's last logged iteration: {run['last_iter_ms']:.1f} ms, its MFU estimate "
-            f"{run['last_mfu_percent']:.1f}% (against an A100's 312 TFLOP/s).\n"
+            f"\nnanoGPT's median logged iteration: {run['median_iter_ms']:.1f} ms; its best val "
+            f"loss was at step {run['best_step']}.\n"
         )
     summary = (
         f"{run['label']}: val loss {run['val_loss']:.4f} (best {run['best_val_loss']:.4f}), "
@@ -610,11 +621,13 @@ def part_finetune(ctx: Context) -> dict:
         ft = manifests["finetune"]["metrics"]
         evaluated = manifests["evaluate"]["metrics"]
         tokens_per_step = ft["tokens_seen"] / ft["steps"]
-        steps_per_second = (ft["tokens_per_second"] or 0) / tokens_per_step
+        steady = ft.get("steady_tokens_per_second") or 0
+        steps_per_second = steady / tokens_per_step
         run = {
             "steps": ft["steps"],
             "steps_per_second": steps_per_second,
-            "tokens_per_second": ft["tokens_per_second"],
+            "tokens_per_second": steady,
+            "tokens_per_second_with_pauses": ft["tokens_per_second"],
             "peak_memory_gb": ft.get("peak_gpu_memory_gb"),
             "val_loss": ft["val_loss"],
             "trainable_params": ft.get("trainable_params", ft["num_params"]),
@@ -629,6 +642,7 @@ def part_finetune(ctx: Context) -> dict:
                 str(run["steps"]),
                 f"{steps_per_second:.2f}",
                 f"{run['tokens_per_second']:,.0f}",
+                f"{run['tokens_per_second_with_pauses']:,.0f}",
                 fmt_gb(run["peak_memory_gb"]),
                 f"{run['trainable_params']:,}",
                 f"{run['val_loss']:.3f}",
@@ -656,6 +670,7 @@ def part_finetune(ctx: Context) -> dict:
                 "steps",
                 "steps/s",
                 "tokens/s",
+                "tokens/s with compile, validation, checkpoints",
                 "peak GB",
                 "trained params",
                 "held-out loss",

@@ -37,6 +37,12 @@ def operational(default: Any, **kwargs: Any) -> Any:
     return Field(default, json_schema_extra={"operational": True}, **kwargs)
 
 
+def added_later(default: Any, **kwargs: Any) -> Any:
+    """A field added after outputs were made without it: at its default it stays out of the
+    fingerprints, so the outputs made before it existed are still reused."""
+    return Field(default, json_schema_extra={"omit_default": True}, **kwargs)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -400,6 +406,11 @@ class TrainConfig(Section):
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
         "32-true", description="auto: bf16-mixed on a GPU that supports it, else 32-true"
     )
+    final_weights: Literal["last", "best"] = added_later(
+        "last",
+        description="what final/ holds (evaluate and register take it): the last step's weights, "
+        "or those of the lowest val_loss (early stopping, as nanoGPT keeps its best checkpoint)",
+    )
     compile: bool = False
     compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs"] = operational(
         "default",
@@ -437,6 +448,8 @@ class TrainConfig(Section):
     def _fsdp_needs_gpus(self) -> TrainConfig:
         if self.strategy == "fsdp" and self.accelerator == "cpu":
             raise ValueError("strategy fsdp needs GPUs (Lightning has no FSDP on the CPU); use ddp")
+        if self.final_weights == "best" and not self.keep_best_checkpoint:
+            raise ValueError("final_weights: best needs keep_best_checkpoint: true")
         return self
 
 
@@ -815,10 +828,10 @@ def fingerprint_fields(section: BaseModel) -> dict[str, Any]:
     """The fields of a section that change its output (operational ones left out)."""
     out = {}
     for name, field in type(section).model_fields.items():
-        extra = field.json_schema_extra
-        if isinstance(extra, dict) and extra.get("operational"):
-            continue
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         value = getattr(section, name)
+        if extra.get("operational") or (extra.get("omit_default") and value == field.default):
+            continue
         # a nested section (finetune.train) drops its operational fields too
         out[name] = fingerprint_fields(value) if isinstance(value, BaseModel) else value
     return out

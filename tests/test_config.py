@@ -123,3 +123,13 @@ def test_an_override_of_an_anchored_task_changes_only_that_use():
     config = load_config(path, ["finetune.tasks.0.limit=7"])
     assert config.finetune.tasks[0].limit == 7
     assert config.evaluate.tasks[1].name == "sentiment" and config.evaluate.tasks[1].limit is None
+
+
+def test_a_field_added_later_stays_out_of_fingerprints_at_its_default():
+    """Outputs made before `train.final_weights` existed keep their fingerprints (and are reused);
+    the non-default value changes the recipe."""
+    from pipeline.config import TrainConfig, fingerprint_fields
+
+    assert "final_weights" not in fingerprint_fields(TrainConfig())
+    assert fingerprint_fields(TrainConfig(final_weights="best"))["final_weights"] == "best"
+    assert "compile_mode" not in fingerprint_fields(TrainConfig(compile_mode="max-autotune"))

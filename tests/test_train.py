@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from safetensors.torch import load_file
 
 from pipeline.config import TrainConfig
 from pipeline.model import GPT, GPTConfig, load_model
@@ -290,6 +291,7 @@ def test_training_writes_checkpoints_final_metrics_and_logs_to_mlflow(
     assert metrics["val_bpb"] == pytest.approx(metrics["val_loss"] / math.log(2))
     assert metrics["val_ppl"] == pytest.approx(math.exp(metrics["val_loss"]))
     assert metrics["tokens_per_second"] > 0 and metrics["wall_seconds"] > 0
+    assert metrics["steady_tokens_per_second"] > 0  # the median between log lines
     assert metrics["skipped_steps"] == 0 and metrics["arch"] == "gpt2"
 
     # MLflow: metrics at optimizer steps, and the run left open for its owner
@@ -359,6 +361,32 @@ def test_resume_from_a_checkpoint_is_bit_exact(shards, tmp_path, quiet_mlflow):
     assert again["resumed_from_step"] == 20 and again["steps"] == 20
     assert again["val_loss"] == straight["val_loss"]
     assert all(torch.equal(final_weights(out)[k], straight_weights[k]) for k in weights)
+
+
+def test_final_weights_best_takes_the_lowest_val_loss_checkpoint(shards, tmp_path, quiet_mlflow):
+    """`final_weights: best` (early stopping, as nanoGPT keeps its best checkpoint): final/ holds
+    the weights of checkpoints/best/, not the last step's, and the metrics say which step."""
+    from pipeline.train import run_training
+
+    out = tmp_path / "out"
+    # a learning rate this high makes the last validation worse than an earlier one
+    metrics = run_training(make_request(shards, out, learning_rate=0.5, final_weights="best"))
+    best = json.loads((out / "checkpoints" / "best" / "best.json").read_text())
+    assert metrics["final_weights"] == "best" and metrics["best_step"] == best["step"]
+    assert metrics["best_val_loss"] == best["val_loss"] <= metrics["val_loss"]
+    best_weights = load_file(str(out / "checkpoints" / "best" / "model.safetensors"))
+    final = final_weights(out)
+    assert all(torch.equal(final[k], best_weights[k]) for k in best_weights)
+    last = load_file(str(out / "checkpoints" / "step-000030" / "model.safetensors"))
+    if best["step"] != 30:
+        assert not all(torch.equal(final[k], last[k]) for k in last)
+    saved = json.loads((out / "train_metrics.json").read_text())
+    assert saved["final_weights"] == "best"
+
+
+def test_final_weights_best_needs_the_best_checkpoint():
+    with pytest.raises(ValueError, match="final_weights: best needs keep_best_checkpoint"):
+        TrainConfig(final_weights="best", keep_best_checkpoint=False)
 
 
 @pytest.mark.parametrize("arch", ["llama"])

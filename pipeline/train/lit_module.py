@@ -143,6 +143,9 @@ class LitGPT(pl.LightningModule):
         self._bad_in_row = 0
         self._last_step_seen = -1
         self._last_log: tuple[int, float] | None = None  # (step, time) of the last log line
+        # tokens/s between log lines: their median is the steady speed, without the compile,
+        # validation and checkpoint pauses that the run's average includes
+        self.logged_rates: list[float] = []
         self._compiled = False
 
     @property
@@ -238,6 +241,7 @@ class LitGPT(pl.LightningModule):
             seconds = max(now - self._last_log[1], 1e-9)
             rate = (step - self._last_log[0]) * self.tokens_per_step / seconds
             metrics["tokens_per_second"] = rate
+            self.logged_rates.append(rate)
             if self.peak_flops:
                 per_device = rate / self.trainer.world_size
                 metrics["mfu"] = per_device * self.model.flops_per_token() / self.peak_flops

@@ -5,7 +5,8 @@ MLflow tracking URI and run id).
 Out, under request.out_dir:
   - checkpoints/step-NNNNNN/: resumable checkpoints (see checkpoints.py), the last few kept,
     and checkpoints/best/: the weights of the lowest val_loss;
-  - final/: model.safetensors, model_config.json (the last checkpoint's) and tokenizer.json;
+  - final/: model.safetensors, model_config.json (the last checkpoint's, or with
+    `final_weights: best` the lowest val_loss's) and tokenizer.json;
   - train_metrics.json: steps, tokens_seen, final train/val loss, val_bpb, wall time, speed;
   - samples/step-NNNNNN.txt: generations after each validation (with a tokenizer);
   - loss_curve.png.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import sys
 import time
 import warnings
@@ -141,13 +143,16 @@ def build_trainer(
 
 
 def _write_final(checkpoint: Path, request: TrainRequest, out_dir: Path, model: GPT) -> Path:
-    """final/ = the last checkpoint's weights (LoRA adapters merged in: a plain model folder)
-    and config, plus the tokenizer; renamed into place, so a crash never leaves half a final/."""
+    """final/ = a checkpoint's weights (LoRA adapters merged in: a plain model folder) and
+    config, plus the tokenizer; renamed into place, so a crash never leaves half a final/.
+    The best/ folder holds merged weights already."""
     final = out_dir / "final"
     tmp = out_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
     tensors = load_state_dict(checkpoint, model.config)
-    save_state_dict(merged_state_dict(model, tensors), model.config, tmp)
+    if checkpoint.name != BEST_FOLDER:
+        tensors = merged_state_dict(model, tensors)
+    save_state_dict(tensors, model.config, tmp)
     if request.tokenizer_path:
         shutil.copyfile(request.tokenizer_path, tmp / "tokenizer.json")
     if final.exists():
@@ -327,6 +332,10 @@ def run_training(
         "tokens_per_second": round((steps - start_step) * tokens_per_step / fit_seconds, 1)
         if steps > start_step
         else None,
+        # the median rate between log lines: no compile, validation or checkpoint pauses
+        "steady_tokens_per_second": round(statistics.median(lit.logged_rates), 1)
+        if lit.logged_rates
+        else None,
         "num_params": lit.model.num_params(non_embedding=False),
         "num_params_non_embedding": lit.model.num_params(),
         "flops_per_token": lit.model.flops_per_token(),
@@ -344,11 +353,15 @@ def run_training(
         metrics["trainable_params"] = trainable
     best = ckpt_root / BEST_FOLDER / "best.json"
     if is_main and best.is_file():
-        metrics["best_val_loss"] = json.loads(best.read_text())["val_loss"]
+        found = json.loads(best.read_text())
+        metrics["best_val_loss"], metrics["best_step"] = found["val_loss"], found["step"]
     if is_main:
         last = latest_checkpoint(ckpt_root)
         if last is None:
             raise RuntimeError(f"training ended without a checkpoint in {ckpt_root}")
+        if train.final_weights == "best" and best.is_file():
+            last = best.parent
+        metrics["final_weights"] = "best" if last.name == BEST_FOLDER else "last"
         _write_final(last, request, out_dir, lit.model)
         plot_loss_curve(
             lit.history, out_dir / LOSS_CURVE_FILE, title=f"{metrics['num_params'] / 1e6:.2f}M GPT"
