@@ -344,10 +344,22 @@ class ShardsConfig(Section):
 
 
 class ModelConfig(Section):
+    """The GPT's shape and blocks (pipeline/model/gpt.py: GPTConfig checks them, once)."""
+
     arch: Literal["gpt2", "llama"] = Field(
         "gpt2",
-        description="gpt2: learned positions, LayerNorm, GELU, biases; "
-        "llama: RoPE, RMSNorm, SwiGLU, no biases",
+        description="a preset of the block fields: gpt2 = layernorm, learned positions, gelu "
+        "MLP, biases; llama = rmsnorm, rope, swiglu MLP, no biases",
+    )
+    norm: Literal["layernorm", "rmsnorm"] | None = added_later(
+        None, description="None: the arch's"
+    )
+    position: Literal["learned", "rope"] | None = added_later(
+        None, description="position encoding; None: the arch's"
+    )
+    mlp: Literal["gelu", "swiglu"] | None = added_later(None, description="None: the arch's")
+    qk_norm: bool = added_later(
+        False, description="RMSNorm on each head's queries and keys (OLMo 2, Gemma 3)"
     )
     n_layer: int = Field(4, gt=0)
     n_head: int = Field(4, gt=0)
@@ -357,9 +369,9 @@ class ModelConfig(Section):
     bias: bool | None = Field(None, description="None: the arch's default (gpt2 yes, llama no)")
     tie_embeddings: bool = True
     mlp_hidden: int | None = Field(
-        None, gt=0, description="MLP width; None: 4 x n_embd (gpt2), 8/3 x n_embd (llama)"
+        None, gt=0, description="MLP width; None: 4 x n_embd (gelu), 8/3 x n_embd (swiglu)"
     )
-    rope_base: float = Field(10_000.0, gt=0, description="RoPE base (llama)")
+    rope_base: float = Field(10_000.0, gt=0, description="RoPE base (rope positions)")
     norm_eps: float = Field(1e-5, gt=0)
     init: Literal["gpt2", "zero_out"] = Field(
         "gpt2",
@@ -368,11 +380,10 @@ class ModelConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> ModelConfig:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("llama (RoPE) needs an even head size: n_embd / n_head")
+    def _valid_shape(self) -> ModelConfig:
+        from pipeline.model.config import GPTConfig  # the one validation of a model's shape
+
+        GPTConfig.from_model_config(self, vocab_size=1)
         return self
 
 

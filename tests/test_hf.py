@@ -156,3 +156,13 @@ def test_multiple_choice_scores_equal_what_transformers_computes(tmp_path, token
     assert result["metrics"]["hs_acc"] == pytest.approx(sum(acc) / len(acc))
     assert result["metrics"]["hs_acc_norm"] == pytest.approx(sum(acc_norm) / len(acc_norm))
     assert not math.isnan(result["metrics"]["hs_acc"])
+
+
+def test_export_refuses_blocks_no_hugging_face_architecture_has(tmp_path, tokenizer):
+    """A model whose blocks match no preset (QK-norm, or GPT-2 blocks with RoPE) is refused with
+    the blocks named, before anything is written."""
+    model_dir = save_tiny_model(tmp_path / "ours", tokenizer, arch="llama", qk_norm=True)
+    out = tmp_path / "hf"
+    with pytest.raises(ValueError, match="no Hugging Face architecture has these blocks"):
+        cli_main(["export", str(model_dir), str(out)])
+    assert not out.exists()

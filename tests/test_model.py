@@ -362,3 +362,49 @@ def test_zero_out_init_starts_every_block_as_the_identity():
     assert torch.allclose(model(idx)[0], expected, atol=1e-6)
     with pytest.raises(ValueError, match="init"):
         tiny_config(init="xavier")
+
+
+def test_block_fields_override_the_preset_and_mix():
+    """`arch` is a preset; each block field can be set on its own (GPT-2 blocks with RoPE)."""
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                       arch="gpt2", position="rope", norm="rmsnorm")  # fmt: skip
+    assert (config.norm, config.position, config.mlp, config.bias) == (
+        "rmsnorm",
+        "rope",
+        "gelu",
+        True,
+    )
+    model = GPT(config)
+    assert "wpe" not in model.transformer and hasattr(model, "rope_cos")
+    assert isinstance(model.transformer.h[0].ln_1, torch.nn.RMSNorm)
+    assert config.preset() is None  # no preset has exactly these blocks
+    with pytest.raises(ValueError, match="mlp must be one of gelu, swiglu"):
+        GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16, mlp="relu")
+
+
+def test_qk_norm_normalizes_queries_and_keys_per_head_and_learns():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                       arch="llama", qk_norm=True)  # fmt: skip
+    model = GPT(config)
+    attention = model.transformer.h[0].attn
+    assert attention.q_norm.weight.shape == (config.head_dim,)
+    x = torch.randint(0, 32, (4, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        _, loss = model(x, x)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first - 1.0
+    assert attention.q_norm.weight.grad is not None
+    plain = GPT(GPTConfig(**{**config.to_dict(), "qk_norm": False}))
+    assert plain.num_params() == model.num_params() - 2 * 2 * config.head_dim
+
+
+def test_model_config_checks_the_shape_through_gpt_config():
+    with pytest.raises(ValueError, match="rope positions need an even head size"):
+        ModelConfig(arch="gpt2", position="rope", n_embd=12, n_head=4)
+    ModelConfig(arch="gpt2", position="rope", n_embd=16, n_head=4)  # even: fine

@@ -1,20 +1,23 @@
-"""A GPT language model in one readable file (after nanoGPT's model.py), in two architectures.
+"""A GPT language model in one readable file (after nanoGPT's model.py), built from blocks.
 
-In: a `GPTConfig` (vocabulary size, context length, depth, width, architecture, ...).
+In: a `GPTConfig` (vocabulary size, context length, depth, width, and the blocks).
 Out: `GPT`, an `nn.Module` that maps token ids (B, T) to next-token logits (B, T, vocab) and,
 given targets, a mean cross-entropy loss; `generate` samples continuations with a KV cache;
 `num_params` and `flops_per_token` give the size and the training FLOPs estimate used for MFU.
 
-Architectures (`GPTConfig.arch`):
-  - `gpt2`: learned token and position embeddings, pre-LayerNorm blocks, a GELU MLP (4x wide),
-    biases (GPT-2 / nanoGPT).
-  - `llama`: no position embedding but rotary embeddings (RoPE) on queries and keys, RMSNorm,
-    a SwiGLU MLP (silu(gate(x)) * up(x), 8/3 x wide so the parameter count matches the GELU
-    MLP), no biases (Llama).
-Both use causal self-attention through `F.scaled_dot_product_attention` (flash / memory-efficient
-kernels where the device has them) and a linear head that by default shares its weight with the
-token embedding. Initialisation follows GPT-2: N(0, 0.02) everywhere, with the projections into
-the residual stream scaled by 1/sqrt(2 * n_layer).
+The blocks are config fields (as litgpt's `mlp_class_name`), each looked up in its table:
+  - `norm`: `layernorm` or `rmsnorm` (NORMS);
+  - `position`: `learned` (a position embedding) or `rope` (rotary embeddings on queries and
+    keys);
+  - `mlp`: `gelu` (4x wide) or `swiglu` (silu(gate(x)) * up(x), 8/3 x wide so the parameter
+    count matches) (MLPS);
+  - `bias` on the linear layers, `tie_embeddings` (the head shares the token embedding),
+    `qk_norm` (RMSNorm on each head's queries and keys before attention, as OLMo 2).
+`arch` names a preset of those fields (ARCH_PRESETS): `gpt2` (GPT-2 / nanoGPT: LayerNorm, learned
+positions, GELU, biases) and `llama` (RMSNorm, RoPE, SwiGLU, no biases); a field given
+explicitly overrides the preset. Attention is causal `F.scaled_dot_product_attention` (flash /
+memory-efficient kernels where the device has them). Initialisation follows GPT-2: N(0, 0.02)
+everywhere, with the projections into the residual stream scaled by 1/sqrt(2 * n_layer).
 
 Parameter names follow GPT-2 (`transformer.wte`, `transformer.h.{i}.attn.c_attn` = fused q,k,v,
 `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`, `ln_1`, `ln_2`, `transformer.ln_f`, `lm_head`); the llama
@@ -26,60 +29,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.model.config import ARCH_PRESETS, ARCHITECTURES, GPTConfig
+
+__all__ = ["ARCH_PRESETS", "ARCHITECTURES", "GPT", "GPTConfig", "IGNORE_INDEX", "KVCache"]
+
 IGNORE_INDEX = -100  # target id that contributes no loss (padding, masked prompts)
-ARCHITECTURES = ("gpt2", "llama")
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int
-    block_size: int
-    n_layer: int
-    n_head: int
-    n_embd: int
-    dropout: float = 0.0
-    bias: bool = True
-    tie_embeddings: bool = True
-    arch: str = "gpt2"
-    mlp_hidden: int | None = None  # None: 4 * n_embd (gpt2), int(8 * n_embd / 3) (llama)
-    rope_base: float = 10_000.0
-    norm_eps: float = 1e-5
-    activation: str = "gelu"  # gpt2 MLP: "gelu" (exact) or "gelu_tanh" (OpenAI GPT-2)
-    init: str = "gpt2"  # "gpt2", or "zero_out": residual output projections start at zero
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {self.arch!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("llama (RoPE) needs an even head size (n_embd / n_head)")
-        if self.init not in ("gpt2", "zero_out"):
-            raise ValueError(f"init must be gpt2 or zero_out, not {self.init!r}")
-        if self.mlp_hidden is None:
-            self.mlp_hidden = 4 * self.n_embd if self.arch == "gpt2" else int(8 * self.n_embd / 3)
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @classmethod
-    def from_model_config(cls, model_config: Any, vocab_size: int) -> GPTConfig:
-        """From `pipeline.config.ModelConfig` (or any object/dict with the same fields)."""
-        fields = dict(model_config if isinstance(model_config, dict) else model_config.model_dump())
-        if fields.get("bias") is None:  # the architecture's default
-            fields["bias"] = fields.get("arch", "gpt2") == "gpt2"
-        return cls(vocab_size=vocab_size, **fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------- pieces
@@ -110,6 +69,11 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:  # per head, over head_dim: keeps attention logits bounded
+            self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
+            self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
 
     def forward(
         self,
@@ -123,6 +87,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # generation: keep this step's keys/values, attend to all so far
@@ -146,7 +112,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU MLP (gpt2)."""
+    """GELU MLP (`mlp: gelu`, GPT-2's)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -160,7 +126,7 @@ class MLP(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """SwiGLU MLP (llama): c_proj(silu(c_gate(x)) * c_fc(x))."""
+    """SwiGLU MLP (`mlp: swiglu`, Llama's): c_proj(silu(c_gate(x)) * c_fc(x))."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -173,10 +139,15 @@ class SwiGLU(nn.Module):
         return self.dropout(self.c_proj(F.silu(self.c_gate(x)) * self.c_fc(x)))
 
 
+MLPS: dict[str, type[nn.Module]] = {"gelu": MLP, "swiglu": SwiGLU}
+NORMS = {
+    "layernorm": lambda c: nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias),
+    "rmsnorm": lambda c: nn.RMSNorm(c.n_embd, eps=c.norm_eps),
+}
+
+
 def make_norm(config: GPTConfig) -> nn.Module:
-    if config.arch == "llama":
-        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+    return NORMS[config.norm](config)
 
 
 class Block(nn.Module):
@@ -185,7 +156,7 @@ class Block(nn.Module):
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = make_norm(config)
-        self.mlp = SwiGLU(config) if config.arch == "llama" else MLP(config)
+        self.mlp = MLPS[config.mlp](config)
 
     def forward(
         self,
@@ -233,7 +204,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         modules: dict[str, nn.Module] = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
-        if config.arch == "gpt2":
+        if config.position == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         modules.update(
             drop=nn.Dropout(config.dropout),
@@ -244,7 +215,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        if config.arch == "llama":
+        if config.position == "rope":
             # derived from the config, so not saved (persistent=False)
             cos, sin = rope_tables(config, config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -271,7 +242,7 @@ class GPT(nn.Module):
                     nn.init.zeros_(param)
                 else:
                     nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
-        if self.config.arch == "llama" and self.rope_cos.device.type != "meta":
+        if self.config.position == "rope" and self.rope_cos.device.type != "meta":
             self.rope_cos, self.rope_sin = (
                 t.to(self.rope_cos.device) for t in rope_tables(self.config, self.config.block_size)
             )
@@ -328,7 +299,7 @@ class GPT(nn.Module):
         if segment_ids is not None:
             pos, attn_mask = segment_positions_and_mask(segment_ids)
         rope = None
-        if self.config.arch == "gpt2":
+        if self.config.position == "learned":
             x = x + self.transformer.wpe(pos)
         elif segment_ids is not None:  # per-row positions: (B, 1, T, D) tables
             rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +44,49 @@ GELU_NAMES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gel
 # ------------------------------------------------------------------------------------ export
 
 
+def _gpt2_config(config: GPTConfig, common: dict[str, Any]) -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=config.mlp_hidden,
+        activation_function="gelu_new" if config.activation == "gelu_tanh" else "gelu",
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=config.norm_eps,
+        architectures=["GPT2LMHeadModel"],
+        **common,
+    )
+
+
+def _llama_config(config: GPTConfig, common: dict[str, Any]) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=config.n_embd,
+        intermediate_size=config.mlp_hidden,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_head,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.block_size,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_base},
+        attention_bias=config.bias,
+        mlp_bias=config.bias,
+        attention_dropout=config.dropout,
+        hidden_act="silu",
+        architectures=["LlamaForCausalLM"],
+        **common,
+    )
+
+
 def hf_config(config: GPTConfig, tokenizer: Tokenizer) -> Any:
     """The `transformers` config of the HF architecture that computes what `config` does."""
-    from transformers import GPT2Config, LlamaConfig
-
     eot = tokenizer.token_to_id(EOT_TOKEN)
     pad = tokenizer.token_to_id(PAD_TOKEN)
     common = {
@@ -55,40 +96,7 @@ def hf_config(config: GPTConfig, tokenizer: Tokenizer) -> Any:
         "pad_token_id": pad,
         "tie_word_embeddings": config.tie_embeddings,
     }
-    if config.arch == "gpt2":
-        return GPT2Config(
-            n_positions=config.block_size,
-            n_embd=config.n_embd,
-            n_layer=config.n_layer,
-            n_head=config.n_head,
-            n_inner=config.mlp_hidden,
-            activation_function="gelu_new" if config.activation == "gelu_tanh" else "gelu",
-            resid_pdrop=config.dropout,
-            embd_pdrop=config.dropout,
-            attn_pdrop=config.dropout,
-            layer_norm_epsilon=config.norm_eps,
-            architectures=["GPT2LMHeadModel"],
-            **common,
-        )
-    if config.arch == "llama":
-        return LlamaConfig(
-            hidden_size=config.n_embd,
-            intermediate_size=config.mlp_hidden,
-            num_hidden_layers=config.n_layer,
-            num_attention_heads=config.n_head,
-            num_key_value_heads=config.n_head,
-            head_dim=config.head_dim,
-            max_position_embeddings=config.block_size,
-            rms_norm_eps=config.norm_eps,
-            rope_parameters={"rope_type": "default", "rope_theta": config.rope_base},
-            attention_bias=config.bias,
-            mlp_bias=config.bias,
-            attention_dropout=config.dropout,
-            hidden_act="silu",
-            architectures=["LlamaForCausalLM"],
-            **common,
-        )
-    raise ValueError(f"no Hugging Face export for arch {config.arch!r}")
+    return family(config).config(config, common)
 
 
 def llama_block_names(config: GPTConfig) -> dict[str, str]:
@@ -112,29 +120,26 @@ def llama_block_names(config: GPTConfig) -> dict[str, str]:
     return names
 
 
-def to_hf_state_dict(net: GPT) -> dict[str, torch.Tensor]:
-    """Our parameters under the HF architecture's names and layouts."""
-    config = net.config
-    ours = {k: v.detach().float() for k, v in net.state_dict().items()}
-    out: dict[str, torch.Tensor] = {}
-    if config.arch == "gpt2":
-        for name, tensor in ours.items():
-            out[name] = (tensor.t() if name.endswith(GPT2_CONV1D) else tensor).contiguous()
-        if not config.bias:  # GPT-2 has a bias on every Linear and LayerNorm: export zeros
-            c, hidden = config.n_embd, config.mlp_hidden
-            widths = {"ln_1": c, "ln_2": c, "attn.c_attn": 3 * c, "attn.c_proj": c}
-            widths.update({"mlp.c_fc": hidden, "mlp.c_proj": c})
-            for i in range(config.n_layer):
-                for part, width in widths.items():
-                    out[f"transformer.h.{i}.{part}.bias"] = torch.zeros(width)
-            out["transformer.ln_f.bias"] = torch.zeros(c)
-        return out
-    if config.arch != "llama":
-        raise ValueError(f"no Hugging Face export for arch {config.arch!r}")
+def _gpt2_to_hf(config: GPTConfig, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {k: (v.t() if k.endswith(GPT2_CONV1D) else v).contiguous() for k, v in ours.items()}
+    if not config.bias:  # GPT-2 has a bias on every Linear and LayerNorm: export zeros
+        c, hidden = config.n_embd, config.mlp_hidden
+        widths = {"ln_1": c, "ln_2": c, "attn.c_attn": 3 * c, "attn.c_proj": c}
+        widths.update({"mlp.c_fc": hidden, "mlp.c_proj": c})
+        for i in range(config.n_layer):
+            for part, width in widths.items():
+                out[f"transformer.h.{i}.{part}.bias"] = torch.zeros(width)
+        out["transformer.ln_f.bias"] = torch.zeros(c)
+    return out
+
+
+def _llama_to_hf(config: GPTConfig, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     c = config.n_embd
-    out["model.embed_tokens.weight"] = ours["transformer.wte.weight"]
-    out["model.norm.weight"] = ours["transformer.ln_f.weight"]
-    out["lm_head.weight"] = ours["lm_head.weight"]
+    out = {
+        "model.embed_tokens.weight": ours["transformer.wte.weight"],
+        "model.norm.weight": ours["transformer.ln_f.weight"],
+        "lm_head.weight": ours["lm_head.weight"],
+    }
     for i in range(config.n_layer):
         ours_prefix, hf = f"transformer.h.{i}.", f"model.layers.{i}."
         for mine, theirs in llama_block_names(config).items():
@@ -145,6 +150,12 @@ def to_hf_state_dict(net: GPT) -> dict[str, torch.Tensor]:
             out[f"{hf}self_attn.k_proj.{part}"] = k.contiguous()
             out[f"{hf}self_attn.v_proj.{part}"] = v.contiguous()
     return out
+
+
+def to_hf_state_dict(net: GPT) -> dict[str, torch.Tensor]:
+    """Our parameters under the HF architecture's names and layouts."""
+    ours = {k: v.detach().float() for k, v in net.state_dict().items()}
+    return family(net.config).to_hf(net.config, ours)
 
 
 def hf_tokenizer(tokenizer: Tokenizer) -> Any:
@@ -187,69 +198,70 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
 # ------------------------------------------------------------------------------------ import
 
 
-def _our_config(hf: Any) -> GPTConfig:
-    if hf.model_type == "gpt2":
-        activation = GELU_NAMES.get(hf.activation_function)
-        if activation is None:
-            raise ValueError(f"unsupported GPT-2 activation {hf.activation_function!r}")
-        return GPTConfig(
-            vocab_size=hf.vocab_size,
-            block_size=hf.n_positions,
-            n_layer=hf.n_layer,
-            n_head=hf.n_head,
-            n_embd=hf.n_embd,
-            dropout=0.0,
-            bias=True,
-            tie_embeddings=bool(hf.tie_word_embeddings),
-            arch="gpt2",
-            mlp_hidden=hf.n_inner or 4 * hf.n_embd,
-            norm_eps=hf.layer_norm_epsilon,
-            activation=activation,
-        )
-    if hf.model_type == "llama":
-        heads, kv_heads = hf.num_attention_heads, hf.num_key_value_heads or hf.num_attention_heads
-        if kv_heads != heads:
-            raise ValueError(
-                "grouped-query attention (num_key_value_heads < heads) is not supported"
-            )
-        if getattr(hf, "head_dim", None) not in (None, hf.hidden_size // heads):
-            raise ValueError("a head_dim other than hidden_size / heads is not supported")
-        rope = getattr(hf, "rope_parameters", None) or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"rope scaling {rope.get('rope_type')!r} is not supported")
-        if bool(hf.attention_bias) != bool(getattr(hf, "mlp_bias", False)):
-            raise ValueError("attention_bias and mlp_bias must agree")
-        return GPTConfig(
-            vocab_size=hf.vocab_size,
-            block_size=hf.max_position_embeddings,
-            n_layer=hf.num_hidden_layers,
-            n_head=heads,
-            n_embd=hf.hidden_size,
-            dropout=0.0,
-            bias=bool(hf.attention_bias),
-            tie_embeddings=bool(hf.tie_word_embeddings),
-            arch="llama",
-            mlp_hidden=hf.intermediate_size,
-            rope_base=float(rope.get("rope_theta", getattr(hf, "rope_theta", 10_000.0))),
-            norm_eps=hf.rms_norm_eps,
-        )
-    raise ValueError(f"cannot import model_type {hf.model_type!r} (gpt2 and llama can be)")
+def _gpt2_from_hf_config(hf: Any) -> GPTConfig:
+    activation = GELU_NAMES.get(hf.activation_function)
+    if activation is None:
+        raise ValueError(f"unsupported GPT-2 activation {hf.activation_function!r}")
+    return GPTConfig(
+        vocab_size=hf.vocab_size,
+        block_size=hf.n_positions,
+        n_layer=hf.n_layer,
+        n_head=hf.n_head,
+        n_embd=hf.n_embd,
+        dropout=0.0,
+        bias=True,
+        tie_embeddings=bool(hf.tie_word_embeddings),
+        arch="gpt2",
+        mlp_hidden=hf.n_inner or 4 * hf.n_embd,
+        norm_eps=hf.layer_norm_epsilon,
+        activation=activation,
+    )
 
 
-def from_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict:
-    """HF parameters under our names and layouts (the inverse of `to_hf_state_dict`)."""
+def _llama_from_hf_config(hf: Any) -> GPTConfig:
+    heads, kv_heads = hf.num_attention_heads, hf.num_key_value_heads or hf.num_attention_heads
+    if kv_heads != heads:
+        raise ValueError("grouped-query attention (num_key_value_heads < heads) is not supported")
+    if getattr(hf, "head_dim", None) not in (None, hf.hidden_size // heads):
+        raise ValueError("a head_dim other than hidden_size / heads is not supported")
+    rope = getattr(hf, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope scaling {rope.get('rope_type')!r} is not supported")
+    if bool(hf.attention_bias) != bool(getattr(hf, "mlp_bias", False)):
+        raise ValueError("attention_bias and mlp_bias must agree")
+    return GPTConfig(
+        vocab_size=hf.vocab_size,
+        block_size=hf.max_position_embeddings,
+        n_layer=hf.num_hidden_layers,
+        n_head=heads,
+        n_embd=hf.hidden_size,
+        dropout=0.0,
+        bias=bool(hf.attention_bias),
+        tie_embeddings=bool(hf.tie_word_embeddings),
+        arch="llama",
+        mlp_hidden=hf.intermediate_size,
+        rope_base=float(rope.get("rope_theta", getattr(hf, "rope_theta", 10_000.0))),
+        norm_eps=hf.rms_norm_eps,
+    )
+
+
+def _gpt2_from_hf(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict:
     out: dict[str, torch.Tensor] = {}
-    if config.arch == "gpt2":
-        for name, tensor in state.items():
-            if name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
-                continue  # causal-mask buffers of older GPT-2 code
-            out[name] = tensor.t().contiguous() if name.endswith(GPT2_CONV1D) else tensor
-        if config.tie_embeddings:
-            out["lm_head.weight"] = out["transformer.wte.weight"]
-        return out
-    out["transformer.wte.weight"] = state["model.embed_tokens.weight"]
-    out["transformer.ln_f.weight"] = state["model.norm.weight"]
-    out["lm_head.weight"] = state.get("lm_head.weight", state["model.embed_tokens.weight"])
+    for name, tensor in state.items():
+        if name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
+            continue  # causal-mask buffers of older GPT-2 code
+        out[name] = tensor.t().contiguous() if name.endswith(GPT2_CONV1D) else tensor
+    if config.tie_embeddings:
+        out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out
+
+
+def _llama_from_hf(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict:
+    out = {
+        "transformer.wte.weight": state["model.embed_tokens.weight"],
+        "transformer.ln_f.weight": state["model.norm.weight"],
+        "lm_head.weight": state.get("lm_head.weight", state["model.embed_tokens.weight"]),
+    }
     for i in range(config.n_layer):
         mine, hf = f"transformer.h.{i}.", f"model.layers.{i}."
         for ours_name, theirs in llama_block_names(config).items():
@@ -261,6 +273,50 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dic
     return out
 
 
+@dataclass(frozen=True)
+class HFFamily:
+    """One Hugging Face architecture and how our parameters map onto it."""
+
+    model_type: str  # transformers' name
+    config: Callable[[GPTConfig, dict[str, Any]], Any]
+    to_hf: Callable[[GPTConfig, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    our_config: Callable[[Any], GPTConfig]
+    from_hf: Callable[[GPTConfig, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+# Keyed by our presets (pipeline/model/config.py ARCH_PRESETS): a model exports to the family of
+# the preset its blocks match.
+HF_FAMILIES = {
+    "gpt2": HFFamily("gpt2", _gpt2_config, _gpt2_to_hf, _gpt2_from_hf_config, _gpt2_from_hf),
+    "llama": HFFamily("llama", _llama_config, _llama_to_hf, _llama_from_hf_config, _llama_from_hf),
+}
+
+
+def family(config: GPTConfig) -> HFFamily:
+    """The Hugging Face architecture that computes what `config` does."""
+    preset = config.preset()
+    if preset not in HF_FAMILIES:
+        raise ValueError(
+            f"no Hugging Face architecture has these blocks (norm {config.norm}, position "
+            f"{config.position}, mlp {config.mlp}, qk_norm {config.qk_norm}); exportable: "
+            + ", ".join(f"arch {name}" for name in HF_FAMILIES)
+        )
+    return HF_FAMILIES[preset]
+
+
+def _importer(model_type: str) -> HFFamily:
+    for found in HF_FAMILIES.values():
+        if found.model_type == model_type:
+            return found
+    kinds = " and ".join(f.model_type for f in HF_FAMILIES.values())
+    raise ValueError(f"cannot import model_type {model_type!r} ({kinds} can be)")
+
+
+def from_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict:
+    """HF parameters under our names and layouts (the inverse of `to_hf_state_dict`)."""
+    return family(config).from_hf(config, state)
+
+
 def import_hf(hf_dir: str | Path) -> tuple[GPT, Tokenizer]:
     """Our GPT (fp32, eval mode) and tokenizer from a local Hugging Face folder."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -268,7 +324,8 @@ def import_hf(hf_dir: str | Path) -> tuple[GPT, Tokenizer]:
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face model folder)")
-    config = _our_config(AutoConfig.from_pretrained(hf_dir))
+    hf_config_found = AutoConfig.from_pretrained(hf_dir)
+    config = _importer(hf_config_found.model_type).our_config(hf_config_found)
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     net = GPT(config)
     net.load_state_dict(from_hf_state_dict(hf_model.state_dict(), config), strict=True)
