@@ -351,9 +351,7 @@ class ModelConfig(Section):
         description="a preset of the block fields: gpt2 = layernorm, learned positions, gelu "
         "MLP, biases; llama = rmsnorm, rope, swiglu MLP, no biases",
     )
-    norm: Literal["layernorm", "rmsnorm"] | None = added_later(
-        None, description="None: the arch's"
-    )
+    norm: Literal["layernorm", "rmsnorm"] | None = added_later(None, description="None: the arch's")
     position: Literal["learned", "rope"] | None = added_later(
         None, description="position encoding; None: the arch's"
     )
