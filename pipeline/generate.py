@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from pipeline.model.checkpoint import load_model
 from pipeline.model.gpt import GPT
+from pipeline.tracking.model_uris import download, is_mlflow_uri
 
 MODEL_FILES = ("model.safetensors", "model_config.json")
 EOT = "<|endoftext|>"
@@ -30,42 +31,10 @@ def _find_model_dir(root: Path) -> Path | None:
     return None
 
 
-def _download_registered(uri: str, tracking_uri: str | None) -> Path:
-    """`models:/NAME@alias` or `models:/NAME/VERSION`, resolved in the given registry.
-
-    Resolved here rather than by `download_artifacts(models:/...)`, which looks names up in the
-    process-wide default registry instead of the one it is given.
-    """
-    import mlflow.artifacts
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    ref = uri.removeprefix("models:/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias)
-    elif "/" in ref:
-        name, number = ref.split("/", 1)
-        version = client.get_model_version(name, number)
-    else:  # a logged model id (models:/m-...): it lives in the tracking store, not the registry
-        source = client.get_logged_model(ref).artifact_location
-        return Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri)
-        )
-    source = client.get_model_version_download_uri(version.name, version.version)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri))
-
-
 def resolve_model_dir(model: str, tracking_uri: str | None = None) -> Path:
     """A local folder with the model files, downloading from MLflow for `models:/`/`runs:/`."""
-    if model.startswith("models:/"):
-        local = _download_registered(model, tracking_uri)
-    elif model.startswith(("runs:/", "mlflow-artifacts:/")):
-        import mlflow.artifacts
-
-        local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=model, tracking_uri=tracking_uri)
-        )
+    if is_mlflow_uri(model):
+        local = download(model, tracking_uri)
     else:
         local = Path(model)
         if not local.exists():

@@ -22,23 +22,7 @@ from typing import Any
 from pipeline.config import EvaluateConfig
 from pipeline.evaluate.suite import run_evaluation
 from pipeline.generate import resolve_model_dir
-
-
-def registered_version(model: str, tracking_uri: str | None) -> Any | None:
-    """The model version a `models:/NAME@alias` or `models:/NAME/N` URI names, else None."""
-    if not model.startswith("models:/"):
-        return None
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    ref = model.removeprefix("models:/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return client.get_model_version_by_alias(name, alias)
-    if "/" in ref:
-        name, number = ref.split("/", 1)
-        return client.get_model_version(name, number)
-    return None
+from pipeline.tracking.model_uris import registered_version
 
 
 def find_shards(model: str, model_dir: Path, version: Any | None) -> Path | None:

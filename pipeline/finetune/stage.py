@@ -63,13 +63,11 @@ def init_identity(config: PipelineConfig, tracking_uri: str | None) -> list[str]
     if spec is None:
         return []
     if spec.startswith("models:/") and "@" in spec and tracking_uri:
-        from mlflow import MlflowClient
+        from pipeline.tracking.model_uris import registered_version
 
-        name, alias = spec.removeprefix("models:/").split("@", 1)
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         try:
-            version = client.get_model_version_by_alias(name, alias).version
-            return [f"init:models:/{name}/{version}"]
+            version = registered_version(spec, tracking_uri)
+            return [f"init:models:/{version.name}/{version.version}"]
         except Exception:  # not registered (yet): the stage will fail with the registry's error
             return [f"init:{spec}"]
     local = Path(spec)

@@ -29,9 +29,9 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from pipeline.tokenizer.text_encoder import EOT_TOKEN, PAD_TOKEN, TOKENIZER_FILE
+from pipeline.tracking.model_uris import is_mlflow_uri
 
 TRANSFORMERS_FILES = ("tokenizer_config.json", "special_tokens_map.json")
-MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 MAX_LISTED = 5000  # artifact entries searched for tokenizer.json before giving up
 
 
@@ -40,10 +40,6 @@ class PretrainedTokenizer:
     source: str  # as given in the config
     files: dict[str, Path]  # name in the stage output -> local file
     sha256: str  # of the names and bytes of `files`
-
-
-def is_mlflow_uri(spec: str) -> bool:
-    return spec.startswith(MLFLOW_SCHEMES)
 
 
 def _content_hash(files: dict[str, Path]) -> str:
@@ -81,25 +77,6 @@ def locate_pretrained(spec: str, base_dir: str, tracking_uri: str | None) -> Pre
     return PretrainedTokenizer(spec, files, _content_hash(files))
 
 
-def _artifact_root(spec: str, tracking_uri: str | None) -> str:
-    """An artifact URI for the spec; `models:/` resolved in the given registry."""
-    if not spec.startswith("models:/"):
-        return spec
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    ref = spec.removeprefix("models:/").rstrip("/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias)
-    elif "/" in ref:
-        name, number = ref.split("/", 1)
-        version = client.get_model_version(name, number)
-    else:  # a logged model id (models:/m-...): it lives in the tracking store
-        return client.get_logged_model(ref).artifact_location
-    return client.get_model_version_download_uri(version.name, version.version)
-
-
 @lru_cache(maxsize=16)
 def _fetch_from_mlflow(spec: str, tracking_uri: str | None) -> Path:
     """Download the tokenizer files named by an MLflow URI; the local tokenizer.json.
@@ -109,7 +86,9 @@ def _fetch_from_mlflow(spec: str, tracking_uri: str | None) -> Path:
     """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    root = _artifact_root(spec, tracking_uri)
+    from pipeline.tracking.model_uris import artifact_uri
+
+    root = artifact_uri(spec, tracking_uri)
     found = None
     if root.rstrip("/").endswith(".json"):  # the URI names the file itself
         root, found = root.rstrip("/").rsplit("/", 1)
