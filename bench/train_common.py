@@ -48,7 +48,8 @@ class Timing:
 
 def text_shards(folder: Path) -> tuple[Path, int]:
     """Character-level shards of Tiny Shakespeare (or the bundled botchan.txt); (dir, vocab)."""
-    from pipeline.tokenizer.char import EOT_TOKEN, new_char_tokenizer
+    from pipeline.special_tokens import EOT_TOKEN
+    from pipeline.tokenizer.char import new_char_tokenizer
 
     source = SHAKESPEARE if SHAKESPEARE.is_file() else BOTCHAN
     text = source.read_text(encoding="utf-8")

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.special_tokens import DEFAULT_SPECIAL_TOKENS, EOT_TOKEN
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the keys at fault."""
@@ -307,7 +309,7 @@ class TokenizerConfig(Section):
     vocab_size: int = Field(8192, ge=260, le=1_000_000)
     min_frequency: int = Field(2, ge=1)
     special_tokens: list[str] = Field(
-        default_factory=lambda: ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"],
+        default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS),
         description="end of text (document separator, BOS/EOS), padding, fine-tuning roles",
     )
     pretrained: str | None = Field(
@@ -320,7 +322,7 @@ class TokenizerConfig(Section):
 
     @model_validator(mode="after")
     def _eot_first(self) -> TokenizerConfig:
-        if not self.special_tokens or self.special_tokens[0] != "<|endoftext|>":
+        if not self.special_tokens or self.special_tokens[0] != EOT_TOKEN:
             raise ValueError("special_tokens must start with '<|endoftext|>'")
         return self
 

@@ -14,10 +14,10 @@ from tokenizers import Tokenizer
 
 from pipeline.model.checkpoint import load_model
 from pipeline.model.gpt import GPT
+from pipeline.special_tokens import EOT_TOKEN as EOT
 from pipeline.tracking.model_uris import download, is_mlflow_uri
 
 MODEL_FILES = ("model.safetensors", "model_config.json")
-EOT = "<|endoftext|>"
 
 
 def _find_model_dir(root: Path) -> Path | None:

@@ -24,8 +24,9 @@ from pipeline.evaluate.application import (
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.task_metrics import bleu_chrf, exact_match, token_f1
 from pipeline.evaluate.tasks import RUNNERS, EvalContext, TaskSkipped, eval_input_fingerprints
-from pipeline.generate import EOT, load_generator
+from pipeline.generate import load_generator
 from pipeline.quarantine import Quarantine
+from pipeline.special_tokens import EOT_TOKEN as EOT
 
 FINETUNE = Path(__file__).resolve().parents[1] / "data" / "sample" / "finetune"
 SST2_LABELS = {"0": "negative", "1": "positive"}

@@ -20,7 +20,6 @@ import torch.nn as nn
 from tiny_models import save_tiny_model, train_tokenizer
 
 from pipeline.finetune.data import (
-    EOT,
     ExampleSet,
     MixedTrainBatches,
     SFTDataModule,
@@ -30,6 +29,7 @@ from pipeline.finetune.data import (
 )
 from pipeline.model import GPT, IGNORE_INDEX, GPTConfig, load_model, save_model
 from pipeline.model.checkpoint import load_config
+from pipeline.special_tokens import EOT_TOKEN as EOT
 from pipeline.train.checkpoints import complete_checkpoints
 
 BLOCK = 64

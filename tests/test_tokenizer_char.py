@@ -12,7 +12,8 @@ from tokenizers import Tokenizer
 
 from pipeline.config import ShardsConfig, TokenizerConfig
 from pipeline.documents import make_document, write_documents
-from pipeline.tokenizer.char import UNK_TOKEN, train_char_tokenizer
+from pipeline.special_tokens import UNK_TOKEN
+from pipeline.tokenizer.char import train_char_tokenizer
 from pipeline.tokenizer.position_split import write_position_split_shards
 from pipeline.tokenizer.token_shards import load_tokens, split_paths
 

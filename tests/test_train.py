@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 
 from pipeline.config import TrainConfig
 from pipeline.model import GPT, GPTConfig, load_model
-from pipeline.tokenizer.char import EOT_TOKEN, new_char_tokenizer
+from pipeline.special_tokens import EOT_TOKEN
+from pipeline.tokenizer.char import new_char_tokenizer
 from pipeline.tokenizer.token_shards import TokenShardWriter
 from pipeline.train import TrainRequest
 from pipeline.train.checkpoints import complete_checkpoints, latest_checkpoint

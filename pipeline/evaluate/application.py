@@ -36,7 +36,7 @@ from pipeline.evaluate.tasks import (
     score_choices,
 )
 from pipeline.finetune.examples import Example, read_examples
-from pipeline.generate import EOT
+from pipeline.special_tokens import EOT_TOKEN as EOT
 
 
 def eval_examples(task: Any, ctx: EvalContext) -> list[Example]:

@@ -31,8 +31,9 @@ import torch
 from pipeline.config import APPLICATION_TASK_TYPES, ConfigError, EvaluateConfig, task_name
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.tasks import RUNNERS, EvalContext, TaskSkipped
-from pipeline.generate import EOT, load_generator
+from pipeline.generate import load_generator
 from pipeline.quarantine import OnceQuarantine, Quarantine
+from pipeline.special_tokens import EOT_TOKEN as EOT
 
 TABLE_COLUMNS = ["task", "metric", "value", "stderr", "examples", "method", "note"]
 

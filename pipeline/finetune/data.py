@@ -33,10 +33,9 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipeline.model.gpt import IGNORE_INDEX
+from pipeline.special_tokens import EOT_TOKEN as EOT
+from pipeline.special_tokens import PAD_TOKEN as PAD
 from pipeline.train.data import StepDataModule
-
-EOT = "<|endoftext|>"
-PAD = "<|pad|>"
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,8 @@ from tokenizers import Tokenizer
 
 from pipeline.model.checkpoint import load_model, save_model
 from pipeline.model.gpt import GPT, GPTConfig
+from pipeline.special_tokens import EOT_TOKEN, PAD_TOKEN
 
-EOT_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # HF activation names -> ours; both tanh variants compute the same function.
 GELU_NAMES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}

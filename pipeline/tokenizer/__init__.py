@@ -15,10 +15,9 @@ memory-mapped shards, at random positions for training and in order for validati
 `pipeline.train.data` (`TokenWindows`, `RandomTrainBatches`, `FixedValWindows`).
 """
 
+from pipeline.special_tokens import EOT_TOKEN, PAD_TOKEN
 from pipeline.tokenizer.encode import write_token_shards
 from pipeline.tokenizer.text_encoder import (
-    EOT_TOKEN,
-    PAD_TOKEN,
     TextEncoder,
     load_tokenizer,
     valid_unicode,

@@ -25,11 +25,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from pipeline.config import TokenizerConfig
 from pipeline.documents import iter_batches
+from pipeline.special_tokens import EOT_TOKEN, PAD_TOKEN, UNK_TOKEN
 
 TOKENIZER_FILE = "tokenizer.json"
-EOT_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
-UNK_TOKEN = "<|unk|>"
 
 
 def new_char_tokenizer(characters: list[str], special_tokens: list[str]) -> Tokenizer:

@@ -41,10 +41,10 @@ from tqdm import tqdm
 from pipeline.config import ShardsConfig
 from pipeline.documents import shard_paths
 from pipeline.parallel import Executor, SerialExecutor
+from pipeline.special_tokens import EOT_TOKEN
 from pipeline.tokenizer.metrics import TokenTally, count_words, utf8_bytes
 from pipeline.tokenizer.splits import SPLITS, DocumentSplit
 from pipeline.tokenizer.text_encoder import (
-    EOT_TOKEN,
     TextEncoder,
     cached_encoder,
     first_difference,

@@ -23,9 +23,9 @@ from tokenizers import Tokenizer
 
 from pipeline.config import ShardsConfig
 from pipeline.documents import iter_batches
+from pipeline.special_tokens import EOT_TOKEN
 from pipeline.tokenizer.token_shards import TokenShardWriter, dtype_for_vocab, split_paths
 
-EOT_TOKEN = "<|endoftext|>"
 COPY_CHUNK_TOKENS = 1 << 22
 
 

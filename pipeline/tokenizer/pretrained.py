@@ -28,7 +28,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from pipeline.tokenizer.text_encoder import EOT_TOKEN, PAD_TOKEN, TOKENIZER_FILE
+from pipeline.special_tokens import EOT_TOKEN, PAD_TOKEN
+from pipeline.tokenizer.text_encoder import TOKENIZER_FILE
 from pipeline.tracking.model_uris import is_mlflow_uri
 
 TRANSFORMERS_FILES = ("tokenizer_config.json", "special_tokens_map.json")

@@ -34,8 +34,6 @@ from typing import Any, Literal
 from tokenizers import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
-EOT_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
 
 # GPT-2's pattern, for tokenizers whose ByteLevel pre-tokenizer splits with its built-in regex.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

@@ -42,11 +42,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from pipeline.config import TokenizerConfig
 from pipeline.documents import iter_batches, shard_paths
+from pipeline.special_tokens import EOT_TOKEN, PAD_TOKEN
 from pipeline.tokenizer.metrics import TokenTally, count_words, utf8_bytes
 from pipeline.tokenizer.splits import DocumentSplit
 from pipeline.tokenizer.text_encoder import (
-    EOT_TOKEN,
-    PAD_TOKEN,
     TOKENIZER_FILE,
     TextEncoder,
     load_tokenizer,
