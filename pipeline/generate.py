@@ -14,8 +14,8 @@ from tokenizers import Tokenizer
 
 from pipeline.model.checkpoint import load_model
 from pipeline.model.gpt import GPT
+from pipeline.model_uris import download, is_mlflow_uri
 from pipeline.special_tokens import EOT_TOKEN as EOT
-from pipeline.tracking.model_uris import download, is_mlflow_uri
 
 MODEL_FILES = ("model.safetensors", "model_config.json")
 

@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.config import EvaluateConfig
 from pipeline.evaluate.suite import run_evaluation
 from pipeline.generate import resolve_model_dir
-from pipeline.tracking.model_uris import registered_version
+from pipeline.model_uris import registered_version
 
 
 def find_shards(model: str, model_dir: Path, version: Any | None) -> Path | None:

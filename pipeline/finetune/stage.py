@@ -63,7 +63,7 @@ def init_identity(config: PipelineConfig, tracking_uri: str | None) -> list[str]
     if spec is None:
         return []
     if spec.startswith("models:/") and "@" in spec and tracking_uri:
-        from pipeline.tracking.model_uris import registered_version
+        from pipeline.model_uris import registered_version
 
         try:
             version = registered_version(spec, tracking_uri)

@@ -28,9 +28,9 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from pipeline.model_uris import is_mlflow_uri
 from pipeline.special_tokens import EOT_TOKEN, PAD_TOKEN
 from pipeline.tokenizer.text_encoder import TOKENIZER_FILE
-from pipeline.tracking.model_uris import is_mlflow_uri
 
 TRANSFORMERS_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 MAX_LISTED = 5000  # artifact entries searched for tokenizer.json before giving up
@@ -87,7 +87,7 @@ def _fetch_from_mlflow(spec: str, tracking_uri: str | None) -> Path:
     """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from pipeline.tracking.model_uris import artifact_uri
+    from pipeline.model_uris import artifact_uri
 
     root = artifact_uri(spec, tracking_uri)
     found = None
