@@ -117,6 +117,8 @@ def heldout_measures(scores: np.ndarray, labels: list[int]) -> dict[str, float]:
 def classifier_files(path: Path) -> tuple[Path, Path]:
     """(weights, description) of a classifier given as its folder or its .safetensors file."""
     path = Path(path)
+    if not path.exists():
+        raise ClassifierError(f"quality.classifier: {path} does not exist")
     folder = path if path.is_dir() else path.parent
     weights = path if path.is_file() else folder / WEIGHTS_FILE
     description = folder / DESCRIPTION_FILE
