@@ -39,7 +39,7 @@ from flows.ui import (
 from pipeline import incremental
 from pipeline.config import PipelineConfig, load_config
 from pipeline.dag import PlannedStage, plan, run_stage, select
-from pipeline.reports import stage_markdown, stage_metrics
+from pipeline.reports import recipe_tables, stage_markdown, stage_metrics
 from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 
 # Training resumes from its last checkpoint and registry writes can meet a locked SQLite
@@ -127,6 +127,8 @@ def _log_stage_tables(tracker: Tracker, run_id: str, manifest: dict[str, Any]) -
         tracker.log_table(run_id, manifest["near_duplicates"]["examples"], "near_duplicates.json")
     if manifest.get("eval_table"):
         tracker.log_table(run_id, manifest["eval_table"], "eval_table.json")
+    for key, rows in recipe_tables(manifest).items():  # contamination, quality, mixture
+        tracker.log_table(run_id, rows, f"{key}.json")
 
 
 def _run_planned(

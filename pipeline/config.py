@@ -39,10 +39,21 @@ def operational(default: Any, **kwargs: Any) -> Any:
     return Field(default, json_schema_extra={"operational": True}, **kwargs)
 
 
-def added_later(default: Any, **kwargs: Any) -> Any:
-    """A field added after outputs were made without it: at its default it stays out of the
-    fingerprints, so the outputs made before it existed are still reused."""
+def added_later(default: Any = None, **kwargs: Any) -> Any:
+    """A field (or a section, with `default_factory`) added after outputs were made without it:
+    at its default it stays out of the fingerprints and the config hash, so the outputs made
+    before it existed are still reused."""
+    if "default_factory" in kwargs:
+        return Field(json_schema_extra={"omit_default": True}, **kwargs)
     return Field(default, json_schema_extra={"omit_default": True}, **kwargs)
+
+
+def _at_omitted_default(field: Any, value: Any) -> bool:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if not extra.get("omit_default"):
+        return False
+    default = field.default_factory() if field.default_factory else field.default
+    return value == default
 
 
 class Section(BaseModel):
@@ -299,6 +310,95 @@ class DedupConfig(Section):
         return "off" if value is False else value  # YAML reads a bare `off` as false
 
 
+class DecontaminateConfig(Section):
+    """Decontamination against the evaluation sets (a stage after dedup, off by default).
+
+    Training documents that share a word n-gram (13 by default, as GPT-3 and OLMo) with an
+    example of an evaluation set of this config (the files of `evaluate.tasks`, and the held-out
+    examples of the fine-tuning and application tasks) are dropped, or the matching span is cut
+    out with a margin; `report` only counts them. Words are normalized: lowercase, punctuation
+    removed, split on whitespace.
+    """
+
+    enabled: bool = False
+    ngram_size: int = Field(13, ge=3, le=64, description="words per n-gram")
+    min_example_words: int = Field(
+        8,
+        ge=1,
+        description="an eval example shorter than ngram_size is matched whole when it has at "
+        "least this many words; shorter ones cannot be checked and are counted as such",
+    )
+    action: Literal["drop", "cut", "report"] = Field(
+        "drop",
+        description="drop: remove the document; cut: remove the matching spans and "
+        "cut_margin_chars around them; report: keep everything, only count",
+    )
+    cut_margin_chars: int = Field(200, ge=0, description="cut: characters removed around a match")
+    min_doc_words: int = Field(
+        50, ge=0, description="cut: a document left with fewer words is dropped"
+    )
+    tasks: list[str] | None = Field(
+        None,
+        description="names of the evaluate/finetune tasks to check against; None: every task "
+        "that reads a file",
+    )
+    max_docs_per_shard: int = operational(10_000, gt=0)
+
+
+class QualityConfig(Section):
+    """A quality classifier trained in the pipeline (DCLM's recipe: reference text against
+    random web text), a `quality_score` for every document, and a keep rule (off by default).
+
+    The classifier is a linear model over hashed word n-grams (fastText's features, without its
+    low-rank embedding), trained on `positives` (a reference source) against documents sampled
+    from this stage's input (`negative_sources`: only those sources). Or `classifier` reuses one.
+    """
+
+    enabled: bool = False
+    positives: list[SourceConfig] = Field(
+        default_factory=list,
+        description="the reference text (sources, as in `sources`): Wikipedia, curated news, ...",
+    )
+    negative_sources: list[str] = Field(
+        default_factory=list,
+        description="source names of the input documents to sample negatives from; []: all",
+    )
+    classifier: str | None = Field(
+        None,
+        description="reuse a classifier instead of training one: a folder or .safetensors "
+        "file written by this stage, or an MLflow URI (runs:/RUN_ID/output)",
+    )
+    max_examples: int = Field(20_000, gt=0, description="per class, for training and held out")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share held out to measure it")
+    word_ngrams: int = Field(2, ge=1, le=3, description="word n-grams 1..this are features")
+    hash_bits: int = Field(20, ge=10, le=24, description="2**hash_bits hashed features")
+    regularization: float = Field(1.0, gt=0, description="inverse L2 strength (C)")
+    max_chars: int = Field(10_000, gt=0, description="characters of a document looked at")
+    seed: int = 1
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="keep documents scoring at least this"
+    )
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="keep this share of documents, the best scored"
+    )
+    max_docs_per_shard: int = operational(10_000, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source_of_classifier(self) -> QualityConfig:
+        if not self.enabled:
+            return self
+        if self.classifier is None and not self.positives:
+            raise ValueError(
+                "quality: give positives (a reference source to train on) or classifier "
+                "(one to reuse)"
+            )
+        if self.classifier is not None and self.positives:
+            raise ValueError("quality: give positives or classifier, not both")
+        if self.threshold is not None and self.keep_fraction is not None:
+            raise ValueError("quality: give threshold or keep_fraction, not both")
+        return self
+
+
 class TokenizerConfig(Section):
     """Byte-level BPE trained on the train documents, or a given tokenizer (`pretrained`)."""
 
@@ -327,6 +427,38 @@ class TokenizerConfig(Section):
         return self
 
 
+class MixtureConfig(Section):
+    """Per-source weights or token budgets of the train split (OLMo / Dolma-style mixing).
+
+    Sources are the documents' `source` names. A source is down-sampled by keeping a
+    deterministic subset of its documents (ordered by a hash of their ids) and up-sampled by
+    repeating all of them, then such a subset; the val split is never resampled.
+    """
+
+    weights: dict[str, float] | None = Field(
+        None,
+        description="source -> share of the train tokens (normalized; 0 leaves a source out); "
+        "every source in the documents needs one",
+    )
+    total_tokens: int | None = Field(
+        None, gt=0, description="with weights: train tokens in all; None: as many as there are"
+    )
+    tokens: dict[str, int] | None = Field(
+        None, description="source -> train tokens (instead of weights); every source needs one"
+    )
+
+    @model_validator(mode="after")
+    def _weights_or_tokens(self) -> MixtureConfig:
+        if (self.weights is None) == (self.tokens is None):
+            raise ValueError("shards.mixture: give weights (and optionally total_tokens) or tokens")
+        if self.tokens is not None and self.total_tokens is not None:
+            raise ValueError("shards.mixture: total_tokens goes with weights, not tokens")
+        values = self.weights if self.weights is not None else self.tokens
+        if any(v < 0 for v in values.values()) or not any(v > 0 for v in values.values()):
+            raise ValueError("shards.mixture: values must be >= 0, and one of them > 0")
+        return self
+
+
 class ShardsConfig(Section):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     split: Literal["hash", "position"] = Field(
@@ -341,8 +473,17 @@ class ShardsConfig(Section):
         description="auto: tiktoken when it expresses the tokenizer and agrees with tokenizers "
         "on a sample of documents, else tokenizers",
     )
+    mixture: MixtureConfig | None = added_later(
+        None, description="per-source weights or token budgets of the train split"
+    )
     batch_size: int = operational(1000, gt=0)
     docs_per_unit: int = operational(5000, gt=0, description="documents per unit of work")
+
+    @model_validator(mode="after")
+    def _mixture_needs_hash_split(self) -> ShardsConfig:
+        if self.mixture is not None and self.split != "hash":
+            raise ValueError("shards.mixture needs split: hash (whole documents are sampled)")
+        return self
 
 
 class ModelConfig(Section):
@@ -808,6 +949,8 @@ class PipelineConfig(Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = added_later(default_factory=DecontaminateConfig)
+    quality: QualityConfig = added_later(default_factory=QualityConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -841,7 +984,7 @@ def fingerprint_fields(section: BaseModel) -> dict[str, Any]:
     for name, field in type(section).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         value = getattr(section, name)
-        if extra.get("operational") or (extra.get("omit_default") and value == field.default):
+        if extra.get("operational") or _at_omitted_default(field, value):
             continue
         # a nested section (finetune.train) drops its operational fields too
         out[name] = fingerprint_fields(value) if isinstance(value, BaseModel) else value
@@ -852,9 +995,9 @@ def config_hash(config: PipelineConfig) -> str:
     """A short hash of everything in the config that changes an output (operational fields,
     such as worker counts and paths, left out): equal hashes, same recipe."""
     payload: dict[str, Any] = {"sources": [s.model_dump(mode="json") for s in config.sources]}
-    for name in type(config).model_fields:
+    for name, field in type(config).model_fields.items():
         section = getattr(config, name)
-        if isinstance(section, BaseModel):
+        if isinstance(section, BaseModel) and not _at_omitted_default(field, section):
             payload[name] = fingerprint_fields(section)
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -104,10 +104,58 @@ def _dedup(ctx: StageContext) -> dict[str, Any]:
     return run_dedup(ctx.inputs["clean"], ctx.out, cfg, ctx.executor, ctx.log, previous)
 
 
+def _decontaminate(ctx: StageContext) -> dict[str, Any]:
+    from pipeline.decontaminate import run_decontaminate
+
+    # Evaluation indexes are cached beside the stage's outputs, by the eval files' contents.
+    cache = ctx.out.parent / ".eval-index"
+    return run_decontaminate(ctx.inputs["dedup"], ctx.out, ctx.config, cache, ctx.executor, ctx.log)
+
+
+def _decontaminate_inputs(config: PipelineConfig, tracking_uri: str | None) -> list[str]:
+    from pipeline.decontaminate import eval_inputs
+
+    return eval_inputs(config)
+
+
+def _decontaminates(config: PipelineConfig) -> bool:
+    return _pretrains(config) and config.decontaminate.enabled
+
+
+def _quality(ctx: StageContext) -> dict[str, Any]:
+    from pipeline.quality import run_quality
+
+    docs = ctx.inputs["decontaminate" if _decontaminates(ctx.config) else "dedup"]
+    return run_quality(
+        docs, ctx.out, ctx.config, ctx.tracking_uri, ctx.executor, ctx.log, ctx.mlflow_run_id
+    )
+
+
+def _quality_depends(
+    config: PipelineConfig, tracking_uri: str | None
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    reads = ("decontaminate",) if _decontaminates(config) else ("dedup",)
+    return reads, {"quality": fingerprint_fields(config.quality)}
+
+
+def _quality_inputs(config: PipelineConfig, tracking_uri: str | None) -> list[str]:
+    from pipeline.quality import reference_inputs
+
+    return reference_inputs(config, tracking_uri)
+
+
+def _documents_stage(config: PipelineConfig) -> str:
+    """The last document stage: its output is what the tokenizer and the shards read."""
+    if _pretrains(config) and config.quality.enabled:
+        return "quality"
+    return "decontaminate" if _decontaminates(config) else "dedup"
+
+
 def _tokenizer(ctx: StageContext) -> dict[str, Any]:
     from pipeline.tokenizer.stage import run_tokenizer_stage
 
-    return run_tokenizer_stage(ctx.inputs.get("dedup"), ctx.out, ctx.config, ctx.tracking_uri)
+    docs = ctx.inputs.get(_documents_stage(ctx.config))
+    return run_tokenizer_stage(docs, ctx.out, ctx.config, ctx.tracking_uri)
 
 
 def _tokenizer_depends(
@@ -115,15 +163,20 @@ def _tokenizer_depends(
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
     from pipeline.tokenizer.stage import tokenizer_dependencies
 
-    return tokenizer_dependencies(config, tracking_uri)
+    return tokenizer_dependencies(config, tracking_uri, _documents_stage(config))
 
 
 def _shards(ctx: StageContext) -> dict[str, Any]:
     from pipeline.tokenizer.stage import run_shards_stage
 
-    return run_shards_stage(
-        ctx.inputs["dedup"], ctx.inputs["tokenizer"], ctx.out, ctx.config, ctx.executor
-    )
+    docs = ctx.inputs[_documents_stage(ctx.config)]
+    return run_shards_stage(docs, ctx.inputs["tokenizer"], ctx.out, ctx.config, ctx.executor)
+
+
+def _shards_depends(
+    config: PipelineConfig, tracking_uri: str | None
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return (_documents_stage(config), "tokenizer"), {"shards": fingerprint_fields(config.shards)}
 
 
 def _pretrain(ctx: StageContext) -> dict[str, Any]:
@@ -253,6 +306,8 @@ def _evaluate_depends(
     config: PipelineConfig, tracking_uri: str | None
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
     reads = (_model_stage(config), "shards") if _pretrains(config) else ("finetune",)
+    if _decontaminates(config):  # its report marks each task clean or contaminated
+        reads += ("decontaminate",)
     return reads, {"evaluate": fingerprint_fields(config.evaluate)}
 
 
@@ -270,6 +325,10 @@ def _evaluate(ctx: StageContext) -> dict[str, Any]:
         from pipeline.finetune.stage import base_model_dir
 
         base_dir = base_model_dir(ctx.inputs["finetune"])
+    contamination = None
+    if "decontaminate" in ctx.inputs:
+        contamination = json.loads((ctx.inputs["decontaminate"] / "_manifest.json").read_text())
+        contamination = contamination["contamination"]
     result = run_evaluation(
         ctx.inputs[model_stage] / "final",
         ctx.config.evaluate,
@@ -279,6 +338,7 @@ def _evaluate(ctx: StageContext) -> dict[str, Any]:
         bytes_per_token=bytes_per_token,
         log=ctx.log,
         base_model_dir=base_dir,
+        contamination=contamination,
     )
     return {
         "metrics": result["metrics"],
@@ -318,7 +378,9 @@ def _register(ctx: StageContext) -> dict[str, Any]:
         tags.update(
             {
                 "llmpipe.data_fingerprint": ctx.inputs["shards"].name,
-                "llmpipe.documents_fingerprint": str((shards.get("inputs") or {}).get("dedup", "")),
+                "llmpipe.documents_fingerprint": str(
+                    (shards.get("inputs") or {}).get(_documents_stage(ctx.config), "")
+                ),
                 "llmpipe.tokenizer_fingerprint": ctx.inputs["tokenizer"].name,
                 "llmpipe.pretrain_fingerprint": ctx.inputs["pretrain"].name,
                 "llmpipe.pretrain_output": str(ctx.inputs["pretrain"]),
@@ -366,6 +428,27 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", 2, (), ("ingest",), _ingest, external=_ingest_inputs, enabled=DATA),
     Stage("clean", 2, ("ingest",), ("clean",), _clean, enabled=DATA),
     Stage("dedup", 2, ("clean",), ("dedup",), _dedup, enabled=DATA),
+    # Its own stage (not a phase of dedup): it depends on the evaluation files too, so a new
+    # eval set re-runs it alone, and dedup's output is shared by configs with and without it.
+    Stage(
+        "decontaminate",
+        1,
+        ("dedup",),
+        ("decontaminate",),
+        _decontaminate,
+        external=_decontaminate_inputs,
+        enabled=_decontaminates,
+    ),
+    Stage(
+        "quality",
+        1,
+        ("decontaminate",),
+        ("quality",),
+        _quality,
+        external=_quality_inputs,
+        depends=_quality_depends,
+        enabled=lambda config: _pretrains(config) and config.quality.enabled,
+    ),
     Stage(
         "tokenizer",
         2,
@@ -375,7 +458,15 @@ STAGES: tuple[Stage, ...] = (
         depends=_tokenizer_depends,
         enabled=DATA,
     ),
-    Stage("shards", 2, ("dedup", "tokenizer"), ("shards",), _shards, enabled=DATA),
+    Stage(
+        "shards",
+        2,
+        ("dedup", "tokenizer"),
+        ("shards",),
+        _shards,
+        depends=_shards_depends,
+        enabled=DATA,
+    ),
     Stage(
         "pretrain",
         2,

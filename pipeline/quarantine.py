@@ -29,7 +29,9 @@ class Quarantine:
         locator: str = "",
         detail: str = "",
         record: Any = None,
+        **extra: Any,
     ) -> None:
+        """`extra`: more fields of the entry (a decontamination match's eval set and example)."""
         self.counts[reason] += 1
         if self._handle is None:
             self._handle = self.path.open("a", encoding="utf-8")
@@ -41,6 +43,7 @@ class Quarantine:
             "locator": locator,
             "detail": detail,
             "record": record[:MAX_RECORD_CHARS] if record else record,
+            **extra,
         }
         self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
@@ -76,3 +79,15 @@ def read_quarantine(folder: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def join_unit_quarantines(out_dir: Path, parts: list[Path]) -> None:
+    """Concatenate the units' quarantine files, in unit order, into the output's quarantine
+    (none when they are all empty or absent)."""
+    target = Path(out_dir) / QUARANTINE_FILE
+    with target.open("wb") as joined:
+        for part in parts:
+            if part.is_file():
+                joined.write(part.read_bytes())
+    if target.stat().st_size == 0:
+        target.unlink()

@@ -41,18 +41,18 @@ def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
 def eval_markdown(rows: list[dict[str, Any]]) -> str:
     """The evaluation table (task, metric, value +- stderr, examples), then each task's method."""
     lines = []
+    marked = any("contamination" in row for row in rows)  # decontaminate ran
     for row in rows:
         value = "" if row.get("value") is None else _fmt(row["value"])
         if row.get("stderr") is not None:
             value += f" ± {row['stderr']:.3g}"
         examples = "" if row.get("examples") is None else _fmt(int(row["examples"]))
-        lines.append((row["task"], row["metric"], value or row.get("note", ""), examples))
+        line = (row["task"], row["metric"], value or row.get("note", ""), examples)
+        lines.append(line + ((row.get("contamination", ""),) if marked else ()))
     methods = dict.fromkeys(f"- **{r['task']}**: {r['method']}" for r in rows if r.get("method"))
+    header = ("task", "metric", "value", "examples") + (("contamination",) if marked else ())
     return (
-        before_after_markdown(rows)
-        + _table(lines, ("task", "metric", "value", "examples"))
-        + "\n\nMethods:\n"
-        + "\n".join(methods)
+        before_after_markdown(rows) + _table(lines, header) + "\n\nMethods:\n" + "\n".join(methods)
     )
 
 
@@ -106,6 +106,80 @@ def _cleaning_and_dedup_sections(manifest: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _recipe_sections(manifest: dict[str, Any]) -> list[str]:
+    """Decontamination's report per eval set, the quality classifier's measures, histogram and
+    deciles, and the shards' source mixture."""
+    parts = []
+    contamination = manifest.get("contamination") or {}
+    if contamination.get("sets"):
+        rows = []
+        for name, entry in contamination["sets"].items():
+            if "absent" in entry:
+                rows.append((name, "", "", "", "", f"not checked: {entry['absent']}"))
+                continue
+            rows.append(
+                (
+                    name,
+                    _fmt(entry["examples"]),
+                    _fmt(entry["too_short"]),
+                    _fmt(entry["found"]),
+                    f"{entry['found_fraction']:.2%}",
+                    _fmt(entry["documents"]),
+                )
+            )
+        header = ("eval set", "examples", "too short to check", "found in training data",
+                  "share", "training documents touched")  # fmt: skip
+        parts.append(
+            f"## Contamination (action: {contamination.get('action')})\n\n" + _table(rows, header)
+        )
+    found = manifest.get("contamination_examples") or []
+    if found:
+        rows = [(e["set"], e["example_id"], e["action"], e["matching_words"][:150]) for e in found]
+        parts.append(
+            "## Matches\n\n" + _table(rows, ("eval set", "example", "action", "matching words"))
+        )
+    quality = manifest.get("quality") or {}
+    if quality:
+        trained = (quality.get("classifier") or {}).get("trained_on") or {}
+        measures = (quality.get("classifier") or {}).get("heldout") or {}
+        lines = [f"## Quality classifier\n\nRule: {quality.get('rule')}."]
+        if measures:
+            lines.append(
+                f"Held out: accuracy {measures.get('accuracy', float('nan')):.3f}, AUC "
+                f"{measures.get('auc', float('nan')):.3f} on {trained.get('heldout_positives')} "
+                f"reference and {trained.get('heldout_negatives')} web documents."
+            )
+        parts.append("\n\n".join(lines))
+        rows = [
+            (f"{h['from']:.2f}-{h['to']:.2f}", _fmt(h["documents"])) for h in quality["histogram"]
+        ]
+        parts.append("## Score histogram\n\n" + _table(rows, ("quality_score", "documents")))
+        rows = [
+            (d["decile"], f"{d['score']:.3f}", d.get("source", ""), str(d.get("text", ""))[:150])
+            for d in quality.get("deciles") or []
+        ]
+        parts.append(
+            "## A document at each decile\n\n" + _table(rows, ("decile", "score", "source", "text"))
+        )
+    mixture = manifest.get("mixture") or {}
+    if mixture.get("sources"):
+        rows = [
+            (
+                name,
+                _fmt(e["available_tokens"]),
+                _fmt(e["target_tokens"]),
+                _fmt(e["tokens"]),
+                f"{e['share']:.2%}",
+                f"{e['asked_share']:.2%}",
+                f"{e['rate']:.3g}",
+            )
+            for name, e in mixture["sources"].items()
+        ]
+        header = ("source", "available tokens", "target", "written", "share", "asked", "rate")
+        parts.append("## Source mixture (train split)\n\n" + _table(rows, header))
+    return parts
+
+
 def stage_markdown(stage: str, manifest: dict[str, Any]) -> str:
     reused = " (reused: output already complete)" if manifest.get("reused") else ""
     parts = [
@@ -156,6 +230,7 @@ def stage_markdown(stage: str, manifest: dict[str, Any]) -> str:
             header = tuple(rows[0].keys())
             parts.append(f"## {title}\n\n" + _table([tuple(r.values()) for r in rows], header))
     parts.extend(_cleaning_and_dedup_sections(manifest))
+    parts.extend(_recipe_sections(manifest))
     rejected = manifest.get("examples_rejected") or {}
     if rejected:
         lines = ["## Rejected examples"]
@@ -164,3 +239,18 @@ def stage_markdown(stage: str, manifest: dict[str, Any]) -> str:
                 lines.append(f"- **{rule}**: {str(doc.get('text', ''))[:200]!r}")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def recipe_tables(manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Tables for MLflow: contamination per eval set, quality deciles, the source mixture."""
+    tables = {}
+    sets = (manifest.get("contamination") or {}).get("sets") or {}
+    if sets:
+        tables["contamination"] = [{"eval_set": name, **entry} for name, entry in sets.items()]
+    deciles = (manifest.get("quality") or {}).get("deciles") or []
+    if deciles:
+        tables["quality_deciles"] = deciles
+    mixture = (manifest.get("mixture") or {}).get("sources") or {}
+    if mixture:
+        tables["mixture"] = [{"source": name, **entry} for name, entry in mixture.items()]
+    return tables

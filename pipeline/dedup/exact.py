@@ -26,6 +26,7 @@ class _PunctuationTable(dict):
 
 
 _DROP_PUNCTUATION = _PunctuationTable()
+PUNCTUATION_TABLE = _DROP_PUNCTUATION  # for str.translate: deletes Unicode punctuation
 
 
 def dedup_key(text: str) -> str:

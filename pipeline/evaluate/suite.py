@@ -68,10 +68,14 @@ def run_evaluation(
     tasks: list[str] | None = None,
     log: Callable[[str], None] = print,
     base_model_dir: str | Path | None = None,
+    contamination: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the model on the selected tasks. With `base_model_dir` (the model a fine-tune
     started from), the application tasks are scored on it too, as `base_<task>` rows and
-    `base_<task>_<metric>` metrics: the before and after of fine-tuning in one table."""
+    `base_<task>_<metric>` metrics: the before and after of fine-tuning in one table.
+    With `contamination` (the decontaminate stage's report), each task's rows say whether its
+    examples were found in the training data (a `contamination` column, and a
+    `<task>_contaminated_fraction` metric)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     selected = select_tasks(cfg, tasks)
@@ -104,9 +108,13 @@ def run_evaluation(
                 prefix="base_",
             )
         quarantined = dict(quarantine.counts)
+    columns = TABLE_COLUMNS
+    if contamination is not None:
+        mark_contamination(scored, contamination)
+        columns = [*TABLE_COLUMNS, "contamination"]
     _write_jsonl(out_dir / "generations.jsonl", scored.generations)
     (out_dir / "metrics.json").write_text(json.dumps(scored.metrics, indent=2), encoding="utf-8")
-    table = pd.DataFrame(scored.rows, columns=TABLE_COLUMNS)
+    table = pd.DataFrame(scored.rows, columns=columns)
     table.to_csv(out_dir / "eval_table.csv", index=False)
     (out_dir / "eval_table.json").write_text(json.dumps(scored.rows, indent=2), encoding="utf-8")
     return {
@@ -182,6 +190,19 @@ def _score_model(
             )
         if result.details:
             _write_jsonl(out_dir / f"{name}_examples.jsonl", result.details)
+
+
+def mark_contamination(scored: Scored, contamination: dict[str, Any]) -> None:
+    """Each row of a checked task gets "clean" or "N% contaminated" (decontaminate's report)."""
+    from pipeline.decontaminate import contamination_label
+
+    sets, action = contamination.get("sets") or {}, contamination.get("action", "drop")
+    for row in scored.rows:
+        entry = sets.get(row["task"].removeprefix("base_"))
+        row["contamination"] = contamination_label(entry, action) if entry else ""
+    for name, entry in sets.items():
+        if "found_fraction" in entry and any(r["task"] == name for r in scored.rows):
+            scored.metrics[f"{name}_contaminated_fraction"] = entry["found_fraction"]
 
 
 def eval_table(result: dict[str, Any]) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -43,6 +44,7 @@ from pipeline.documents import shard_paths
 from pipeline.parallel import Executor, SerialExecutor
 from pipeline.special_tokens import EOT_TOKEN
 from pipeline.tokenizer.metrics import TokenTally, count_words, utf8_bytes
+from pipeline.tokenizer.mixture import plan_copies
 from pipeline.tokenizer.splits import SPLITS, DocumentSplit
 from pipeline.tokenizer.text_encoder import (
     TextEncoder,
@@ -74,9 +76,13 @@ class EncodeUnit:
     check_one_in: int  # compare 1 in k documents with `tokenizers`; 0: none
     threads: int
     batch_size: int
+    mixture: bool = False  # also record each train document's source, id and token count
 
     def part(self, split: str) -> Path:
         return Path(self.parts_dir) / f"{self.index:05d}-{split}.bin"
+
+    def train_documents(self) -> Path:
+        return Path(self.parts_dir) / f"{self.index:05d}-train-documents.parquet"
 
 
 @dataclass
@@ -120,9 +126,11 @@ def encode_unit(unit: EncodeUnit) -> UnitResult:
     tallies = {split: TokenTally(encoder.vocab_size) for split in SPLITS}
     handles = {split: unit.part(split).open("wb") for split in SPLITS}
     checked = 0
+    train_documents: dict[str, list] = {"source": [], "id": [], "tokens": []}
+    columns = ["id", "text", "source"] if unit.mixture else ["id", "text"]
     try:
         batches = pq.ParquetFile(unit.path).iter_batches(
-            batch_size=unit.batch_size, row_groups=list(unit.row_groups), columns=["id", "text"]
+            batch_size=unit.batch_size, row_groups=list(unit.row_groups), columns=columns
         )
         for batch in batches:
             doc_ids = batch.column(0).to_pylist()
@@ -148,12 +156,19 @@ def encode_unit(unit: EncodeUnit) -> UnitResult:
                     flat.append(eot_id)
                 ids = np.array(flat, dtype=dtype)
                 handles[split].write(ids.tobytes())
+                if unit.mixture and split == "train":
+                    sources = batch.column(2).to_pylist()
+                    train_documents["source"].extend(sources[i] for i in picked)
+                    train_documents["id"].extend(doc_ids[i] for i in picked)
+                    train_documents["tokens"].extend(len(encoded[i]) + 1 for i in picked)
                 # words (a Python pass over the text) for val only, where the measure is read
                 words = count_words([texts[i] for i in picked]) if split == "val" else None
                 tallies[split].add(ids, len(picked), n_bytes[picked].sum(), words)
     finally:
         for handle in handles.values():
             handle.close()
+    if unit.mixture:
+        pq.write_table(pa.table(train_documents), unit.train_documents())
     return UnitResult(tallies, checked)
 
 
@@ -232,6 +247,7 @@ def write_token_shards(
                 check_one_in=check_one_in if backend == "tiktoken" and cfg.encoder == "auto" else 0,
                 threads=threads,
                 batch_size=cfg.batch_size,
+                mixture=cfg.mixture is not None,
             )
             for i, (path, groups) in enumerate(planned)
         ]
@@ -249,7 +265,19 @@ def write_token_shards(
     for result in results:
         for name in SPLITS:
             tallies[name].merge(result.tallies[name])
-    shard_names = _concatenate_parts(units_for(backend), out_dir, vocab_size, cfg.tokens_per_shard)
+    mixture = None
+    copies = None
+    if cfg.mixture is not None:
+        documents = pa.concat_tables(pq.read_table(u.train_documents()) for u in units_for(backend))
+        copies, mixture = plan_copies(
+            documents["source"].to_pylist(),
+            documents["id"].to_pylist(),
+            documents["tokens"].to_numpy(),
+            cfg.mixture,
+        )
+    shard_names = _concatenate_parts(
+        units_for(backend), out_dir, vocab_size, cfg.tokens_per_shard, copies
+    )
     shutil.rmtree(parts_dir)
 
     stats: dict[str, Any] = {}
@@ -261,11 +289,17 @@ def write_token_shards(
         for key in ("documents", "tokens", "tokens_per_word"):
             summary.pop(f"{key}_{name}", None)
         stats.update(summary)
-    return {
+    train_documents = tallies["train"].documents
+    train_tokens = tallies["train"].tokens
+    if mixture is not None:  # the stream pretraining reads: sampled, repeated (the val as is)
+        stats["train_tokens_before_mixture"] = train_tokens
+        train_documents = int(copies.sum())
+        train_tokens = mixture["train_tokens"]
+    body = {
         "counts": {
-            "train_documents": tallies["train"].documents,
+            "train_documents": train_documents,
             "val_documents": tallies["val"].documents,
-            "train_tokens": tallies["train"].tokens,
+            "train_tokens": train_tokens,
             "val_tokens": tallies["val"].tokens,
             "train_shards": len(shard_names["train"]),
             "val_shards": len(shard_names["val"]),
@@ -282,6 +316,9 @@ def write_token_shards(
             "shards": shard_names,
         },
     }
+    if mixture is not None:
+        body["mixture"] = mixture
+    return body
 
 
 def _choose_encoder(tokenizer: Path, choice: str, threads: int) -> tuple[TextEncoder, str]:
@@ -300,16 +337,44 @@ def _choose_encoder(tokenizer: Path, choice: str, threads: int) -> tuple[TextEnc
 
 
 def _concatenate_parts(
-    units: list[EncodeUnit], out_dir: Path, vocab_size: int, tokens_per_shard: int
+    units: list[EncodeUnit],
+    out_dir: Path,
+    vocab_size: int,
+    tokens_per_shard: int,
+    copies: np.ndarray | None = None,
 ) -> dict[str, list[str]]:
-    """Stream every unit's part files, in unit order, into the split's numbered shards."""
+    """Stream every unit's part files, in unit order, into the split's numbered shards.
+
+    With `copies` (a mixture: copies of each train document, in document order), the train
+    stream is written in passes: pass k holds, in document order, the documents with more
+    than k copies, so a repeated document comes back only after all of the pass before.
+    """
     dtype = dtype_for_vocab(vocab_size)
     names = {}
     for name in SPLITS:
         with TokenShardWriter(out_dir, name, vocab_size, tokens_per_shard) as writer:
-            for unit in units:
-                with unit.part(name).open("rb") as part:
-                    while len(chunk := np.fromfile(part, dtype=dtype, count=COPY_CHUNK_TOKENS)):
-                        writer.write(chunk)
+            if name == "train" and copies is not None:
+                _write_mixed(units, writer, dtype, copies)
+            else:
+                for unit in units:
+                    with unit.part(name).open("rb") as part:
+                        while len(chunk := np.fromfile(part, dtype=dtype, count=COPY_CHUNK_TOKENS)):
+                            writer.write(chunk)
         names[name] = [path.name for path in writer.paths]
     return names
+
+
+def _write_mixed(
+    units: list[EncodeUnit], writer: TokenShardWriter, dtype: np.dtype, copies: np.ndarray
+) -> None:
+    passes = int(copies.max()) if len(copies) else 0
+    for k in range(passes):
+        first = 0  # the unit's first document in the global document order
+        for unit in units:
+            lengths = pq.read_table(unit.train_documents(), columns=["tokens"])["tokens"]
+            lengths = lengths.to_numpy().astype(np.int64)
+            chosen = copies[first : first + len(lengths)] > k
+            first += len(lengths)
+            if chosen.any():
+                tokens = np.fromfile(unit.part("train"), dtype=dtype)
+                writer.write(tokens[np.repeat(chosen, lengths)])

@@ -26,14 +26,15 @@ from pipeline.tokenizer.train_bpe import train_tokenizer
 
 
 def tokenizer_dependencies(
-    config: PipelineConfig, tracking_uri: str | None
+    config: PipelineConfig, tracking_uri: str | None, documents: str = "dedup"
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """(upstream stages read, fingerprinted config fields) of the tokenizer stage."""
+    """(upstream stages read, fingerprinted config fields) of the tokenizer stage; `documents`
+    is the stage whose documents it trains on (the last document stage)."""
     cfg = config.tokenizer
     if cfg.pretrained:
         given = locate_pretrained(cfg.pretrained, config.base_dir, tracking_uri)
         return (), {"tokenizer": {"pretrained_sha256": given.sha256}}
-    return ("dedup",), {
+    return (documents,), {
         "tokenizer": fingerprint_fields(cfg),
         "shards": split_fields(config.shards),
     }
