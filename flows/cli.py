@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,25 +110,83 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"    then http://127.0.0.1:4200/runs/flow-run/{summary['prefect_flow_run_id']}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError, load_config
+class Stopped(BaseException):
+    """The run was asked to stop by a signal (SIGTERM here; Ctrl-C is KeyboardInterrupt)."""
 
-    overrides = args.set or []
-    try:
-        load_config(args.config, overrides)  # fail fast, before any server starts
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from flows.pipeline import pipeline_flow
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+TRACKING_KEY = "tracking.mlflow_tracking_uri"
+
+
+def _credentials_to_environment(overrides: list[str]) -> list[str]:
+    """Overrides without credentials: a tracking URI with `user:password@` goes into this
+    process's $MLFLOW_TRACKING_URI (the config's value then set to null, so it is used), never
+    into the flow run's parameters, which Prefect stores. Any other credential is refused."""
+    from pipeline.config import ConfigError
+    from pipeline.credentials import has_credentials
+
+    kept = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if not has_credentials(value):
+            kept.append(item)
+        elif key.strip() == TRACKING_KEY:
+            os.environ["MLFLOW_TRACKING_URI"] = value
+            kept.append(f"{TRACKING_KEY}=null")
+        else:
+            raise ConfigError(
+                f"--set {key}: the value holds credentials (user:password@), which would be "
+                "stored with the run: pass them in the environment instead"
+            )
+    return kept
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Check everything the config names, then run the flow; stop cleanly on SIGTERM/Ctrl-C.
+
+    Every config error (bad keys and values, a source that matches no file, an unknown stage in
+    --only/--from) exits 2 before any server starts or any MLflow store is touched. SIGTERM and
+    Ctrl-C stop the run within seconds: the trainer is stopped, the Prefect flow run ends
+    Crashed, its MLflow runs KILLED, and the exit status is 128 + the signal (143, 130).
+    """
+    from pipeline.config import ConfigError, load_config, require_source_files
+    from pipeline.dag import check_selection, stage_names
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    summary = pipeline_flow(
-        config_path=str(Path(args.config).resolve()),
-        workdir=args.workdir,
-        overrides=overrides,
-        only=only,
-        start=args.start,
-    )
+    previous = signal.signal(signal.SIGTERM, _stop_on_signal)
+    try:
+        try:
+            overrides = _credentials_to_environment(args.set or [])
+            config = load_config(args.config, overrides)
+            check_selection(stage_names(config), only, args.start)
+            require_source_files(config)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        from flows.local_server import start_local_server
+        from flows.pipeline import pipeline_flow
+
+        start_local_server()  # in its own session: it outlives a signal to this group
+        summary = pipeline_flow(
+            config_path=str(Path(args.config).resolve()),
+            workdir=args.workdir,
+            overrides=overrides,
+            only=only,
+            start=args.start,
+        )
+    except (Stopped, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"\nllmpipe: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _print_summary(summary)
     return 0
 
@@ -135,8 +194,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deploy import pipeline_deployment, serve_pipeline
     from pipeline.config import ConfigError
+    from pipeline.credentials import has_credentials
 
     try:
+        for item in args.set or []:
+            if has_credentials(item):  # a deployment's parameters are stored by Prefect
+                raise ConfigError(
+                    f"--set {item.partition('=')[0]}: the value holds credentials "
+                    "(user:password@); give them to the worker in its environment "
+                    "(MLFLOW_TRACKING_URI) instead"
+                )
         deployment = pipeline_deployment(
             args.config,
             cron=args.cron or None,
@@ -226,9 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; as the program itself (no `argv`), a run stopped by a signal exits as
+    soon as its records are written and the Prefect server is stopped (`_exit_stopped`)."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         # Config and input errors get one clear line; anything else keeps its traceback.
         from pipeline.config import ConfigError
@@ -237,6 +306,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+    if argv is None and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        _exit_stopped(code)
+    return code
+
+
+def _exit_stopped(code: int) -> None:
+    """Send Prefect's last logs while its server still runs, run the exit handlers (Prefect's
+    event workers, then its temporary server stops), then exit without the interpreter's
+    teardown of every loaded module: seconds on a busy machine, while `docker stop` counts down
+    to SIGKILL."""
+    import atexit
+    import logging
+
+    logging.shutdown()  # Prefect's log handler drains to the server (atexit would do it after)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ from flows.ui import (
     run_summary_markdown,
 )
 from pipeline import incremental
-from pipeline.config import PipelineConfig, load_config
-from pipeline.dag import PlannedStage, plan, run_stage, select
+from pipeline.config import PipelineConfig, load_config, require_source_files
+from pipeline.dag import PlannedStage, check_selection, plan, run_stage, select, stage_names
 from pipeline.reports import recipe_tables, stage_markdown, stage_metrics
 from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 
@@ -131,6 +131,12 @@ def _log_stage_tables(tracker: Tracker, run_id: str, manifest: dict[str, Any]) -
         tracker.log_table(run_id, rows, f"{key}.json")
 
 
+def end_status(exc: BaseException) -> str:
+    """The MLflow status of a run that ended with `exc`: an error is FAILED; anything else
+    (Ctrl-C, SIGTERM, a Prefect cancellation) stopped it from outside: KILLED."""
+    return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
 def _run_planned(
     planned: PlannedStage,
     config: PipelineConfig,
@@ -147,6 +153,21 @@ def _run_planned(
             "prefect.flow_run_id": str(flow_run.id),
         },
     )
+    try:
+        return _run_stage_run(planned, config, tracker, parent_id, run_id, task_runner)
+    except BaseException as exc:  # the stage's run says how it ended, whatever ended it
+        tracker.end_run(run_id, end_status(exc))
+        raise
+
+
+def _run_stage_run(
+    planned: PlannedStage,
+    config: PipelineConfig,
+    tracker: Tracker,
+    parent_id: str,
+    run_id: str,
+    task_runner: Any | None,
+) -> dict[str, Any]:
     tracker.log_params(run_id, planned.config)
     complete = planned.output.complete()
     task = stage_task.with_options(
@@ -161,10 +182,7 @@ def _run_planned(
         mlflow_run_id=run_id,
     )
     state = run_on(task_runner, planned.name, task, parameters)  # data stages: on Dask, if set
-    if not state.is_completed():
-        tracker.end_run(run_id, "FAILED")
-        state.result()  # raises the stage's error
-    manifest = state.result()
+    manifest = state.result()  # raises the stage's error when it failed
     cached = state.name == "Cached" or bool(manifest.get("reused"))
     tags = {"llmpipe.cached": str(cached).lower(), "llmpipe.output": str(planned.output.path)}
     if cached and manifest.get("mlflow_run_id") != run_id:
@@ -196,40 +214,17 @@ def _run_planned(
     }
 
 
-@flow(name="llmpipe", log_prints=True, flow_run_name=flow_run_name)
-def pipeline_flow(
-    config_path: str,
-    workdir: str | None = None,
-    overrides: list[str] | None = None,
-    only: list[str] | None = None,
-    start: str | None = None,
+def _run_stages(
+    config: PipelineConfig,
+    stages: list[PlannedStage],
+    tracker: Tracker,
+    parent_id: str,
+    work: Path,
 ) -> dict[str, Any]:
-    """Run the DAG (or the selected part of it) and return a summary of what it did."""
+    """Run the stages under the parent MLflow run, then record the run's summary and end it
+    (the caller ends it FAILED or KILLED when this raises)."""
     logger = get_run_logger()
-    started = time.time()
-    config = load_config(config_path, overrides or [])
-    work = Path(workdir or config.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    tracking_uri = resolve_tracking_uri(config.tracking.mlflow_tracking_uri, work)
-    tracker = Tracker(tracking_uri, config.tracking.experiment, artifact_root=work / "mlartifacts")
-    # An incremental run builds on the earlier ones: what they saw, their tokenizer, @champion.
-    config = incremental.resolve(config, work, tracking_uri)
-    stages = select(plan(config, work, tracking_uri), only, start)
-    prefect_url = prefect_flow_run_url(str(flow_run.id))
-    parent_id = tracker.start_run(
-        str(flow_run.name),  # config name, mode and date (flows.ui.flow_run_name)
-        tags={
-            "prefect.flow_run_id": str(flow_run.id),
-            "prefect.flow_run_name": str(flow_run.name),
-            "llmpipe.config": str(Path(config_path).resolve()),
-            "llmpipe.workdir": str(work),
-            **({"prefect.flow_run_url": prefect_url} if prefect_url else {}),
-            # The run page's description (markdown): where to follow it in Prefect.
-            "mlflow.note.content": f"Pipeline `{config.name}`, Prefect flow run "
-            f"{link(str(flow_run.name), prefect_url)}.",
-        },
-    )
-    logger.info("MLflow run %s in %s", parent_id, redact(tracking_uri))
+    tracking_uri = tracker.tracking_uri
     tracker.log_params(parent_id, config.model_dump(mode="json", exclude={"tracking"}))
     tracker.log_dict(parent_id, config.model_dump(mode="json", exclude={"tracking"}), "config.json")
     results: dict[str, Any] = {}
@@ -246,9 +241,6 @@ def pipeline_flow(
             if incremental.nothing_new(config, planned.name, results[planned.name]):
                 logger.info("%s: no new documents since the last increment; done", planned.name)
                 break
-    except BaseException:
-        tracker.end_run(parent_id, "FAILED")
-        raise
     finally:
         close_task_runner(task_runner)
     incremental.record(config, work, results)
@@ -283,6 +275,52 @@ def pipeline_flow(
         if name in results:
             tracker.log_metrics(parent_id, stage_metrics(results[name]))
     tracker.end_run(parent_id)
+    return results
+
+
+@flow(name="llmpipe", log_prints=True, flow_run_name=flow_run_name)
+def pipeline_flow(
+    config_path: str,
+    workdir: str | None = None,
+    overrides: list[str] | None = None,
+    only: list[str] | None = None,
+    start: str | None = None,
+) -> dict[str, Any]:
+    """Run the DAG (or the selected part of it) and return a summary of what it did."""
+    logger = get_run_logger()
+    started = time.time()
+    config = load_config(config_path, overrides or [])
+    # What `llmpipe run` checks before it starts anything, for runs started elsewhere (a
+    # deployment's run on a worker): fail before the work dir and MLflow are touched.
+    check_selection(stage_names(config), only, start)
+    require_source_files(config)
+    work = Path(workdir or config.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tracking_uri = resolve_tracking_uri(config.tracking.mlflow_tracking_uri, work)
+    tracker = Tracker(tracking_uri, config.tracking.experiment, artifact_root=work / "mlartifacts")
+    # An incremental run builds on the earlier ones: what they saw, their tokenizer, @champion.
+    config = incremental.resolve(config, work, tracking_uri)
+    stages = select(plan(config, work, tracking_uri), only, start)
+    prefect_url = prefect_flow_run_url(str(flow_run.id))
+    parent_id = tracker.start_run(
+        str(flow_run.name),  # config name, mode and date (flows.ui.flow_run_name)
+        tags={
+            "prefect.flow_run_id": str(flow_run.id),
+            "prefect.flow_run_name": str(flow_run.name),
+            "llmpipe.config": str(Path(config_path).resolve()),
+            "llmpipe.workdir": str(work),
+            **({"prefect.flow_run_url": prefect_url} if prefect_url else {}),
+            # The run page's description (markdown): where to follow it in Prefect.
+            "mlflow.note.content": f"Pipeline `{config.name}`, Prefect flow run "
+            f"{link(str(flow_run.name), prefect_url)}.",
+        },
+    )
+    logger.info("MLflow run %s in %s", parent_id, redact(tracking_uri))
+    try:
+        results = _run_stages(config, stages, tracker, parent_id, work)
+    except BaseException as exc:  # failed, or stopped by a signal: the run says which
+        tracker.end_run(parent_id, end_status(exc))
+        raise
     summary = {
         "config": str(config_path),
         "workdir": str(work),

@@ -1,8 +1,11 @@
 """Pipeline configuration: YAML in, typed and validated `PipelineConfig` out.
 
 `load_config(path, overrides)` reads a YAML file, applies `section.key=value` overrides and
-validates the result with the pydantic models below. Unknown keys and bad values raise
-`ConfigError`, whose message names each offending key and what was expected.
+validates the result with the pydantic models below. Unknown keys (with the closest known one),
+bad values, a task file that does not exist, a `name` that is not a plain name and a
+`train.launcher` outside the allowed ones raise `ConfigError`, whose message names each
+offending key and what was expected; `require_source_files` does the same for sources that
+match no file, before a run starts anything.
 
 Fields marked `operational` (worker counts, log intervals, paths) do not change a stage's
 output, so they are left out of the stage fingerprints (see `fingerprint_fields`).
@@ -10,9 +13,15 @@ output, so they are left out of the stage fingerprints (see `fingerprint_fields`
 
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
 import json
+import os
+import re
+import shlex
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -63,9 +72,17 @@ class Section(BaseModel):
 # ----------------------------------------------------------------------------------- sources
 
 
+OPTIONAL_SOURCE = added_later(
+    False,
+    description="a path that matches no file is skipped (and counted in ingest's quarantine) "
+    "instead of being a config error",
+)
+
+
 class _RecordSource(Section):
     path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
     name: str | None = Field(None, description="label for counts; defaults to type:path")
+    optional: bool = OPTIONAL_SOURCE
     text_field: str = "text"
     fields: dict[str, str] = Field(
         default_factory=dict,
@@ -116,6 +133,7 @@ class HfSource(_RecordSource):
 class _PageSource(Section):
     path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
     name: str | None = Field(None, description="label for counts; defaults to type:path")
+    optional: bool = OPTIONAL_SOURCE
 
 
 class WarcSource(_PageSource):
@@ -528,6 +546,37 @@ class ModelConfig(Section):
         return self
 
 
+LAUNCHERS = ("{python}", "torchrun", "srun", "mpirun", "mpiexec")
+TRAINER_ARGS = ["-m", "pipeline.train", "{request}"]
+ALLOW_ANY_LAUNCHER = "LLMPIPE_ALLOW_LAUNCHER"
+
+
+def launcher_words(template: str) -> list[str]:
+    """The words of a `train.launcher` template, when it may run.
+
+    A config can come from anyone who can write a YAML file, a `--set` or a deployment's
+    parameters; the launcher is the one field that names a program. Allowed: one of LAUNCHERS
+    (a bare name, found on PATH) that ends with `-m pipeline.train {request}`. Any other command
+    only where the machine running the pipeline sets LLMPIPE_ALLOW_LAUNCHER=1.
+    """
+    try:
+        words = shlex.split(template)
+    except ValueError as exc:
+        raise ValueError(f"not a command line: {exc}") from None
+    if os.environ.get(ALLOW_ANY_LAUNCHER) == "1":
+        if not words:
+            raise ValueError("an empty command")
+        return words
+    if not words or words[0] not in LAUNCHERS or words[-3:] != TRAINER_ARGS:
+        raise ValueError(
+            f"{template!r} is not an allowed launcher: it must start with one of "
+            f"{', '.join(LAUNCHERS)} and end with `{' '.join(TRAINER_ARGS)}`; set "
+            f"{ALLOW_ANY_LAUNCHER}=1 in the environment of the machine that runs the pipeline "
+            "to allow any command (README: Trust model)"
+        )
+    return words
+
+
 class TrainConfig(Section):
     seed: int = 1337
     max_steps: int = Field(300, gt=0)
@@ -593,8 +642,15 @@ class TrainConfig(Section):
         description="command that starts training, with {python} and {request}: e.g. "
         "'torchrun --nproc-per-node=8 -m pipeline.train {request}' or "
         "'srun {python} -u -m pipeline.train {request}'; None: {python} -u -m pipeline.train "
-        "{request}",
+        "{request}. Only these launchers unless $LLMPIPE_ALLOW_LAUNCHER=1 (README: Trust model)",
     )
+
+    @field_validator("launcher")
+    @classmethod
+    def _allowed_launcher(cls, launcher: str | None) -> str | None:
+        if launcher is not None:
+            launcher_words(launcher)
+        return launcher
 
     @model_validator(mode="after")
     def _fsdp_needs_gpus(self) -> TrainConfig:
@@ -940,8 +996,15 @@ class TrackingConfig(Section):
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
 class PipelineConfig(Section):
-    name: str = "llmpipe"
+    name: str = Field(
+        "llmpipe",
+        description="the pipeline's name: letters, digits, '.', '_', '-' (it names folders "
+        "under the work dir, MLflow runs and Prefect flow runs)",
+    )
     sources: list[SourceConfig] = Field(
         default_factory=list,
         description="what to pretrain on; none needed when fine-tuning starts from finetune.init_from",
@@ -963,6 +1026,16 @@ class PipelineConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     workdir: str = operational("work", description="where stage outputs live")
     base_dir: str = operational(".", description="relative source paths resolve from here")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not _PLAIN_NAME.match(name):
+            raise ValueError(
+                "must be a plain name of letters, digits, '.', '_' and '-' starting with a "
+                "letter or digit (it names a folder under the work dir)"
+            )
+        return name
 
     @model_validator(mode="after")
     def _sources_when_pretraining(self) -> PipelineConfig:
@@ -991,10 +1064,16 @@ def fingerprint_fields(section: BaseModel) -> dict[str, Any]:
     return out
 
 
+def source_description(source: BaseModel) -> dict[str, Any]:
+    """A source's fields that change what is read, as JSON (for fingerprints and hashes)."""
+    kept = fingerprint_fields(source)
+    return {k: v for k, v in source.model_dump(mode="json").items() if k in kept}
+
+
 def config_hash(config: PipelineConfig) -> str:
     """A short hash of everything in the config that changes an output (operational fields,
     such as worker counts and paths, left out): equal hashes, same recipe."""
-    payload: dict[str, Any] = {"sources": [s.model_dump(mode="json") for s in config.sources]}
+    payload: dict[str, Any] = {"sources": [source_description(s) for s in config.sources]}
     for name, field in type(config).model_fields.items():
         section = getattr(config, name)
         if isinstance(section, BaseModel) and not _at_omitted_default(field, section):
@@ -1003,37 +1082,87 @@ def config_hash(config: PipelineConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _unwrap(annotation: Any) -> Any:
+    """X from `Annotated[X, ...]` and from `X | None`."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    """The section a config location points at (pydantic puts a union's tag in locations:
+    sources.0.jsonl is a JsonlSource)."""
+    node: Any = PipelineConfig
+    for part in loc:
+        node = _unwrap(node)
+        if typing.get_origin(node) in (typing.Union, types.UnionType):  # a tagged union
+            tagged = [
+                m
+                for m in typing.get_args(node)
+                if isinstance(m, type)
+                and issubclass(m, BaseModel)
+                and "type" in m.model_fields
+                and part in typing.get_args(m.model_fields["type"].annotation)
+            ]
+            if tagged:
+                node = tagged[0]
+                continue
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            node = field.annotation if field is not None else None
+        elif typing.get_origin(node) in (list, tuple):
+            node = typing.get_args(node)[0]
+        elif typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]
+        else:
+            node = None
+    node = _unwrap(node)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _unknown_key(loc: tuple) -> str:
+    """`clean.min_wrods: unknown key; did you mean `min_words`?` (or the keys it may be)."""
+    section = _section_at(loc[:-1])
+    key = str(loc[-1])
+    name = ".".join(str(p) for p in loc)
+    if section is None:
+        return f"{name}: unknown key"
+    keys = sorted(section.model_fields)
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if close:
+        return f"{name}: unknown key; did you mean `{close[0]}`?"
+    return f"{name}: unknown key (expected one of: {', '.join(keys)})"
+
+
 def _describe(error: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
-    # Discriminated unions add the tag to the path (sources.0.jsonl.path): keep it readable.
+    loc = tuple(p for p in error["loc"] if not str(p).startswith("function-"))
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{loc}: unknown key"
+        return _unknown_key(loc)
+    where = ".".join(str(p) for p in loc)
     if kind == "missing":
-        return f"{loc}: required key is missing"
-    what = "task" if "tasks" in error["loc"] else "source"
+        return f"{where}: required key is missing"
+    what = "task" if "tasks" in loc else "source"
     if kind == "union_tag_invalid":
         expected = error.get("ctx", {}).get("expected_tags", "")
         return (
-            f"{loc}.type: unknown {what} type {error['input'].get('type')!r} (expected {expected})"
+            f"{where}.type: unknown {what} type {error['input'].get('type')!r} "
+            f"(expected {expected})"
         )
     if kind == "union_tag_not_found":
-        return f"{loc}: a {what} needs a 'type' key"
+        return f"{where}: a {what} needs a 'type' key"
     if kind == "value_error" and not loc:  # a whole-config rule: its message names the keys
         return str(error["msg"]).removeprefix("Value error, ")
-    return f"{loc}: {error['msg']} (got {error.get('input')!r})"
-
-
-def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Names a section accepts, to suggest them after an unknown key."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
-            return []
-        model = field.annotation
-    return sorted(model.model_fields)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message} (got {error.get('input')!r})"
 
 
 def validate_config(raw: dict[str, Any]) -> PipelineConfig:
@@ -1043,19 +1172,48 @@ def validate_config(raw: dict[str, Any]) -> PipelineConfig:
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            line = _describe(error)
-            if error["type"] == "extra_forbidden":
-                keys = _valid_keys(PipelineConfig, error["loc"])
-                if keys:
-                    line += f" (expected one of: {', '.join(keys)})"
-            lines.append("  - " + line)
+        lines = ["  - " + _describe(error) for error in exc.errors()]
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
     missing = missing_eval_files(config)
     if missing:
         raise ConfigError("invalid config:\n" + "\n".join("  - " + m for m in missing))
     return config
+
+
+def require_source_files(config: PipelineConfig) -> None:
+    """Before a pipeline run: every local source matches a file (ConfigError naming the keys).
+
+    Not part of `validate_config`: a config is also read where its sources are not (`llmpipe
+    eval --config`, a deployment made on another machine than the worker that runs it)."""
+    missing = missing_source_files(config) if _pretrains_from_sources(config) else []
+    if missing:
+        raise ConfigError("invalid config:\n" + "\n".join("  - " + m for m in missing))
+
+
+def _pretrains_from_sources(config: PipelineConfig) -> bool:
+    return not (config.finetune.enabled and config.finetune.init_from)
+
+
+def missing_source_files(config: PipelineConfig) -> list[str]:
+    """One line per local source whose path matches no file and is not marked `optional`.
+
+    A Hugging Face source's path may be a hub name, and a URL is not looked up before the
+    run: both are left to ingest, which quarantines what it cannot read."""
+    from pipeline.ingest.files import is_url, match_source_files
+
+    lines = []
+    for number, source in enumerate(config.sources):
+        if source.optional or source.type == "hf" or is_url(source.path):
+            continue
+        matched = match_source_files(source.type, source.path, config.base_dir)
+        if matched.problem in ("missing_path", "no_files"):
+            label = source.name or f"{source.type}:{source.path}"
+            lines.append(
+                f"sources.{number}.path: {matched.detail} for source {label!r}: "
+                f"{matched.resolved} (set `optional: true` on the source to skip it when "
+                "nothing matches)"
+            )
+    return lines
 
 
 def missing_eval_files(config: PipelineConfig) -> list[str]:
@@ -1080,24 +1238,47 @@ def missing_eval_files(config: PipelineConfig) -> list[str]:
     return lines
 
 
+def _override_child(node: Any, part: str, item: str, create: bool) -> Any:
+    """The section (or list entry) `part` of `node`, for the override `item`."""
+    if isinstance(node, list):
+        try:
+            index = int(part)
+        except ValueError:
+            raise ConfigError(f"--set {item!r}: {part!r} is not a list index") from None
+        if not -len(node) <= index < len(node):
+            count = len(node)
+            raise ConfigError(
+                f"--set {item!r}: no entry {index} in a list of {count} (indexes 0..{count - 1})"
+                if count
+                else f"--set {item!r}: no entry {index} in an empty list"
+            )
+        return node[index]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {item!r}: {part!r} is inside a value, not a section")
+    if create:
+        return node.setdefault(part, {})
+    return node.get(part)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings (values parsed as YAML) to a config dict."""
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or "" in key.split("."):
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         parts = key.split(".")
         node = raw
         for part in parts[:-1]:
-            if isinstance(node, list):
-                node = node[int(part)]
-                continue
-            node = node.setdefault(part, {})
+            node = _override_child(node, part, item, create=True)
             if not isinstance(node, (dict, list)):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
         leaf = parts[-1]
-        parsed = yaml.safe_load(value) if value else ""
         if isinstance(node, list):
+            _override_child(node, leaf, item, create=False)  # the entry must exist
             node[int(leaf)] = parsed
         else:
             node[leaf] = parsed
@@ -1111,7 +1292,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML config (not UTF-8 text)") from None
+    except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config must be a mapping of sections")

@@ -11,8 +11,10 @@ existing manifest when the output is already complete. Orchestrators (flows/) ca
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +40,7 @@ class StageContext:
     mlflow_run_id: str | None = None  # this stage's MLflow run, for stages that log themselves
     log: Log = print
     executor: Executor = field(default_factory=SerialExecutor)  # runs a stage's units of work
+    fingerprint: str = ""  # this stage output's fingerprint (the register stage's key)
 
 
 @dataclass(frozen=True)
@@ -201,29 +204,37 @@ def _pretrain(ctx: StageContext) -> dict[str, Any]:
         request.init_from = str(resolve_model_dir(ctx.config.run.init_from, ctx.tracking_uri))
     request_path = ctx.out / "train_request.json"
     request.to_json(request_path)
-    launch_training(request_path, ctx.log, ctx.config.train.launcher)
+    launch_training(request_path, ctx.log, ctx.config.train.launcher, request.environment())
     metrics = json.loads((ctx.out / "train_metrics.json").read_text())
     return {"metrics": metrics, "files": {"model": "final", "loss_curve": "loss_curve.png"}}
 
 
-def launch_training(request_path: Path, log: Log, launcher: str | None = None) -> None:
+def launch_training(
+    request_path: Path,
+    log: Log,
+    launcher: str | None = None,
+    environment: dict[str, str] | None = None,
+) -> None:
     """Run `python -m pipeline.train REQUEST` as its own process and stream its output.
 
     Training runs outside the orchestrator's process so that multi-device launchers, which
     re-execute the current command once per device, re-execute the trainer and not the flow.
     `launcher` (train.launcher) is a command template with {python} and {request}, e.g.
     "srun --ntasks-per-node=8 {python} -u -m pipeline.train {request}" or
-    "torchrun --nproc-per-node=8 -m pipeline.train {request}".
+    "torchrun --nproc-per-node=8 -m pipeline.train {request}" (pipeline.config.launcher_words
+    says which are allowed). `environment` is added to the trainer's (secrets go there, never
+    into the request file). When this process is interrupted (SIGTERM, Ctrl-C) or fails while
+    training runs, the trainer is stopped before the error goes on.
     """
-    import shlex
+    from pipeline.config import launcher_words
 
-    template = launcher or "{python} -u -m pipeline.train {request}"
+    words = launcher_words(launcher or "{python} -u -m pipeline.train {request}")
     command = [
-        part.format(python=sys.executable, request=str(request_path))
-        for part in shlex.split(template)
+        word.replace("{python}", sys.executable).replace("{request}", str(request_path))
+        for word in words
     ]
     log("launching: " + " ".join(command))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(environment or {}), "PYTHONUNBUFFERED": "1"}
     tail: list[str] = []
     with subprocess.Popen(
         command,
@@ -231,27 +242,52 @@ def launch_training(request_path: Path, log: Log, launcher: str | None = None) -
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail = (tail + [line])[-40:]
-            log(line)
+        try:
+            for line in proc.stdout:
+                line = line.rstrip()
+                tail = (tail + [line])[-40:]
+                log(line)
+        except BaseException:
+            stop_process(proc, log)
+            raise
     if proc.returncode != 0:
         raise RuntimeError(
             f"training process exited with code {proc.returncode}; last lines:\n" + "\n".join(tail)
         )
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the launching process dies, so a killed pipeline run
-    leaves no orphan trainer writing checkpoints beside the next run's trainer."""
-    import ctypes
-    import signal
+TRAINER_STOP_SECONDS = 5.0  # how long a trainer gets to stop after SIGTERM before SIGKILL
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+def stop_process(proc: subprocess.Popen, log: Log) -> None:
+    """SIGTERM, then SIGKILL after TRAINER_STOP_SECONDS: its checkpoints are written atomically,
+    so a kill costs at most the steps since the last one."""
+    if proc.poll() is not None:
+        return
+    log(f"stopping the training process {proc.pid}")
+    proc.terminate()
+    try:
+        proc.wait(timeout=TRAINER_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# Looked up here, not in the forked child, where loading a library could meet a lock that
+# another thread of the parent held at the fork.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child (a `preexec_fn`): get SIGTERM when the launching thread's process dies, so
+    a killed pipeline run leaves no orphan trainer writing checkpoints beside the next run's
+    trainer, nor an orphan server."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _pretrains(config: PipelineConfig) -> bool:
@@ -399,6 +435,7 @@ def _register(ctx: StageContext) -> dict[str, Any]:
         evaluation["metrics"],
         PromotionRule(cfg.metric, cfg.mode, cfg.min_improvement),
         tags=tags,
+        registration_key=ctx.fingerprint,  # a rerun after a kill completes that version
     )
     return {"registered": result}
 
@@ -582,19 +619,36 @@ def _seen_fingerprint(seen_dir: str) -> list[str]:
     return [f"seen:{p.name}:{p.stat().st_size}" for p in files]
 
 
+def check_selection(
+    included: list[str] | tuple[str, ...], only: list[str] | None = None, start: str | None = None
+) -> None:
+    """ConfigError when `--only` or `--from` names a stage that is not among `included` (the
+    stages of the config's pipeline, `stage_names(config)`)."""
+    from difflib import get_close_matches
+
+    from pipeline.config import ConfigError
+
+    for option, names in (("--only", only or []), ("--from", [start] if start else [])):
+        for name in names:
+            if name in included:
+                continue
+            if name in BY_NAME:
+                raise ConfigError(
+                    f"{option} {name}: stage {name!r} is not part of this config's pipeline "
+                    f"(its stages: {', '.join(included)})"
+                )
+            close = get_close_matches(name, included, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{option} {name}: unknown stage {name!r}; {hint}(stages: {', '.join(included)})"
+            )
+
+
 def select(
     stages: list[PlannedStage], only: list[str] | None = None, start: str | None = None
 ) -> list[PlannedStage]:
     """The stages to run for `--only a,b` or `--from a` (all of them by default)."""
-    included = [p.name for p in stages]
-    for name in [*(only or []), *([start] if start else [])]:
-        if name not in BY_NAME:
-            raise ValueError(f"unknown stage {name!r} (stages: {', '.join(STAGE_NAMES)})")
-        if name not in included:
-            raise ValueError(
-                f"stage {name!r} is not part of this config's pipeline "
-                f"(its stages: {', '.join(included)})"
-            )
+    check_selection([p.name for p in stages], only, start)
     if only:
         return [p for p in stages if p.name in only]
     if start:
@@ -628,9 +682,9 @@ def run_stage(
         )
     started = time.time()
     # Another run writing this very output (two runs of one deployment): wait for it, then
-    # reuse what it published; a dead run's lease is taken over at once.
+    # reuse what it published; a gone run's lease is taken over (pipeline.outputs.lease).
     with building(
-        output, keep_partial=planned.stage.keep_partial, wait_seconds=LEASE_WAIT_SECONDS
+        output, keep_partial=planned.stage.keep_partial, wait_seconds=LEASE_WAIT_SECONDS, log=log
     ) as partial:
         if output.complete():  # another run finished it while we waited for the lease
             return {**output.manifest(), "reused": True}
@@ -642,6 +696,7 @@ def run_stage(
             mlflow_run_id=mlflow_run_id,
             log=log,
             executor=executor or SerialExecutor(),
+            fingerprint=output.fingerprint,
         )
         body = planned.stage.run(ctx)
         manifest = {

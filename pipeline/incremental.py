@@ -35,7 +35,13 @@ SEEN_DIR = "seen"
 
 
 def state_dir(workdir: Path, config: PipelineConfig) -> Path:
-    return Path(workdir) / "incremental" / config.name
+    """`<workdir>/incremental/<name>`; `name` is a plain name (checked by the config), and a
+    name that would lead anywhere else is refused here too."""
+    root = Path(workdir) / "incremental"
+    folder = root / config.name
+    if folder.resolve().parent != root.resolve():
+        raise ValueError(f"name {config.name!r} is not a plain name: it cannot name a folder")
+    return folder
 
 
 def increments(workdir: Path, config: PipelineConfig) -> list[dict[str, Any]]:

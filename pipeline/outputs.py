@@ -5,8 +5,9 @@ fingerprints of its inputs. Out: `<workdir>/<stage>/<fingerprint>/`, holding the
 and a `_manifest.json`. A folder with a manifest is complete; a stage writes into
 `<workdir>/<stage>/.partial-<fingerprint>/` and renames it into place only when done, so a
 crash never leaves something a later run could take for a finished output. While a stage runs,
-`<workdir>/<stage>/.<fingerprint>.lease` names the process that owns it; a lease whose process
-is dead is taken over.
+`<workdir>/<stage>/.<fingerprint>.lease` names the process that owns it beyond its PID (host,
+boot id, PID namespace, process start time) and is touched as a heartbeat; a lease whose owner
+is gone (exited, its PID reused, the machine restarted, or no heartbeat) is taken over.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +39,15 @@ def fingerprint(stage: str, version: int, config: dict[str, Any], inputs: list[s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+def write_json_atomic(path: Path, data: Any, mode: int = 0o666) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file.
+
+    `mode` (less the umask) is the file's from its creation: 0o600 keeps it to its owner."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
 
 
@@ -83,6 +90,54 @@ class LeaseHeld(RuntimeError):
     """Another live process is writing this stage output."""
 
 
+# The owner of a lease touches it every LEASE_HEARTBEAT_SECONDS. A lease whose owner cannot be
+# looked up as a process from here (another host, another PID namespace, an older lease format)
+# is stale once its heartbeat is older than LEASE_STALE_SECONDS.
+LEASE_HEARTBEAT_SECONDS = 5.0
+LEASE_STALE_SECONDS = 60.0
+LEASE_LOG_SECONDS = 300.0  # a waiting run repeats what it waits for this often
+
+
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().strip()
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """When a process started, in clock ticks since boot (Linux); None when unknown.
+
+    A PID is reused after its process exits; a PID and its start time name one process."""
+    stat = _read_first_line(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    try:  # the fields after the command name, which may itself hold spaces and ")"
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def lease_owner() -> dict[str, Any]:
+    """Who this process is, as written into the leases it holds."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"),
+        "pid_namespace": _pid_namespace(),
+        "process_start": _process_start(os.getpid()),
+        "since": time.time(),
+    }
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -93,65 +148,188 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _lease_is_stale(lease: Path) -> bool:
+def stale_reason(owner: dict[str, Any] | None, heartbeat_age: float) -> str | None:
+    """Why a lease's owner is gone (None: it may still be writing).
+
+    On the same machine (host, boot and PID namespace) the owner is a process that can be looked
+    up: gone when its PID is dead or now belongs to a process that started at another time. From
+    elsewhere, only its heartbeat (the lease file's modification time) says it is alive.
+    """
+    if owner is None:
+        return "unreadable lease file"
+    pid = int(owner.get("pid", -1))
+    here = lease_owner()
+    same_machine = owner.get("host") == here["host"] and all(
+        owner.get(key) in (None, here[key]) for key in ("boot_id", "pid_namespace")
+    )
+    if same_machine:
+        if not _pid_alive(pid):
+            return f"its process {pid} has exited"
+        started = owner.get("process_start")
+        if started is not None and _process_start(pid) not in (None, started):
+            return f"PID {pid} now belongs to another process (the owner exited)"
+        if started is not None:
+            return None  # the very process that took it: alive
+    if owner.get("boot_id") not in (None, here["boot_id"]) and owner.get("host") == here["host"]:
+        return "the machine has restarted since it was taken"
+    if heartbeat_age > LEASE_STALE_SECONDS:
+        return f"no heartbeat for {heartbeat_age:.0f} s"
+    return None
+
+
+def describe_owner(owner: dict[str, Any] | None, heartbeat_age: float) -> str:
+    if owner is None:
+        return "an unreadable owner"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(owner.get("since", 0))))
+    return (
+        f"process {owner.get('pid')} on host {owner.get('host')} since {since} "
+        f"(last heartbeat {heartbeat_age:.0f} s ago)"
+    )
+
+
+def _read_lease(path: Path) -> tuple[str, dict[str, Any] | None, float] | None:
+    """(raw text, owner, heartbeat age in seconds), or None when there is no lease."""
     try:
-        owner = json.loads(lease.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True  # unreadable or half-written: its writer died mid-write
-    if owner.get("host") != socket.gethostname():
-        # A process on another host: only its heartbeat can say it is alive.
-        return time.time() - lease.stat().st_mtime > 3600
-    return not _pid_alive(int(owner.get("pid", -1)))
+        text = path.read_text(encoding="utf-8")
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        owner = None
+    return text, owner if isinstance(owner, dict) else None, max(age, 0.0)
+
+
+def _create_exclusive(path: Path, text: str) -> None:
+    """Create `path` holding `text`, or raise FileExistsError: written aside, then hard-linked
+    into place, so no reader ever sees a lease without its owner."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
-def lease(path: Path, wait_seconds: float = 0.0) -> Iterator[None]:
-    """Hold an exclusive lease file while the block runs; take over a dead owner's lease.
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on a folder: lease files are only removed while holding it."""
+    import fcntl
 
-    A live owner's lease raises `LeaseHeld`, or with `wait_seconds` is waited for (two pipeline
-    runs that meet on one stage: the second waits, then finds the output complete).
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_if_unchanged(path: Path, text: str) -> bool:
+    """Remove the lease only if it still holds `text`: two runs that both found it stale must
+    not remove the lease one of them has just taken."""
+    with _folder_lock(path.parent):
+        try:
+            if path.read_text(encoding="utf-8") != text:
+                return False
+        except FileNotFoundError:
+            return False
+        path.unlink()
+        return True
+
+
+class _Heartbeat:
+    """Touches the lease file every LEASE_HEARTBEAT_SECONDS while its owner works."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(LEASE_HEARTBEAT_SECONDS):
+            try:
+                if self.path.read_text(encoding="utf-8") != self.text:
+                    return  # no longer ours
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=LEASE_HEARTBEAT_SECONDS)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@contextmanager
+def lease(
+    path: Path, wait_seconds: float = 0.0, log: Callable[[str], None] = _quiet
+) -> Iterator[None]:
+    """Hold an exclusive lease file while the block runs; take over a gone owner's lease.
+
+    The lease names its owner (`lease_owner()`) and is touched as a heartbeat while held. A live
+    owner's lease raises `LeaseHeld`, or with `wait_seconds` is waited for (two pipeline runs
+    that meet on one stage: the second waits, then finds the output complete); `log` says what
+    is waited for, and which stale lease was taken over and why.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+    text = json.dumps(lease_owner())
     deadline = time.time() + wait_seconds
     takeovers = 0
+    last_said = 0.0
     while True:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create_exclusive(path, text)
+            break
         except FileExistsError:
-            if _lease_is_stale(path):
-                takeovers += 1
-                if takeovers > 2:
-                    raise LeaseHeld(f"could not take the lease {path}") from None
-                path.unlink(missing_ok=True)
-                continue
-            if time.time() >= deadline:
-                try:
-                    holder = path.read_text()
-                except OSError:
-                    holder = "?"
-                raise LeaseHeld(f"{path} is held by a running process: {holder}") from None
-            time.sleep(min(LEASE_POLL_SECONDS, max(deadline - time.time(), 0.01)))
+            pass
+        held = _read_lease(path)
+        if held is None:
+            continue  # released meanwhile: try again
+        held_text, owner, age = held
+        reason = stale_reason(owner, age)
+        if owner is None and age < LEASE_HEARTBEAT_SECONDS:
+            reason = None  # maybe an older version's writer, still writing it
+        if reason is not None:
+            takeovers += 1
+            if takeovers > 10:
+                raise LeaseHeld(f"could not take the lease {path}")
+            if _remove_if_unchanged(path, held_text):
+                log(f"lease {path}: taking over from {describe_owner(owner, age)}: {reason}")
             continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(owner)
-        break
+        who = describe_owner(owner, age)
+        if time.time() >= deadline:
+            raise LeaseHeld(f"{path} is held by {who}")
+        if time.time() - last_said >= LEASE_LOG_SECONDS:
+            left = deadline - time.time()
+            log(f"waiting for the lease {path}: held by {who}; waiting up to {left / 3600:.1f} h")
+            last_said = time.time()
+        time.sleep(min(LEASE_POLL_SECONDS, max(deadline - time.time(), 0.01)))
+    heartbeat = _Heartbeat(path, text)
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        heartbeat.stop()
+        _remove_if_unchanged(path, text)
 
 
 @contextmanager
 def building(
-    output: StageOutput, keep_partial: bool = False, wait_seconds: float = 0.0
+    output: StageOutput,
+    keep_partial: bool = False,
+    wait_seconds: float = 0.0,
+    log: Callable[[str], None] = _quiet,
 ) -> Iterator[Path]:
     """Yield the partial folder to write into; the caller publishes it with `publish`.
 
     `keep_partial=True` keeps what a killed earlier attempt left (training resumes from its
     checkpoints); otherwise the partial folder starts empty.
     """
-    with lease(output.lease, wait_seconds):
+    with lease(output.lease, wait_seconds, log):
         if output.partial.exists() and not keep_partial:
             shutil.rmtree(output.partial)
         output.partial.mkdir(parents=True, exist_ok=True)

@@ -35,16 +35,18 @@ class Executor(Protocol):
 
 
 class _Closing:
-    """`with executor:` support; `close()` releases whatever workers an executor holds."""
+    """`with executor:` support; `close()` releases whatever workers an executor holds, and
+    `close(stop=True)` stops them without waiting for their units."""
 
-    def close(self) -> None:
+    def close(self, stop: bool = False) -> None:
         pass
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Stopped from outside (Ctrl-C, SIGTERM: not an Exception): the run is going away.
+        self.close(stop=exc_type is not None and not issubclass(exc_type, Exception))
 
 
 class SerialExecutor(_Closing):
@@ -73,9 +75,14 @@ class ProcessExecutor(_Closing):
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
         return list(self._pool.map(fn, units))
 
-    def close(self) -> None:
+    def close(self, stop: bool = False) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
+            if stop:
+                for process in list((self._pool._processes or {}).values()):
+                    process.terminate()
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            else:
+                self._pool.shutdown()
             self._pool = None
 
 

@@ -82,3 +82,24 @@ def test_finetune_sits_between_pretrain_and_evaluate(tmp_path):
     assert "finetune" not in plain
     with pytest.raises(ValueError, match="'finetune' is not part of this config's pipeline"):
         select(plan(load_config(path, ["finetune.tasks=[]"]), tmp_path), only=["finetune"])
+
+
+def test_a_stage_whose_lease_names_a_reused_pid_runs_at_once(tmp_path):
+    """The restart case: a dead run's lease whose PID now belongs to a live, unrelated process
+    (this test's own). The stage takes it over instead of waiting up to LEASE_WAIT_SECONDS."""
+    import json
+
+    from pipeline.outputs import lease_owner
+
+    (tmp_path / "a.txt").write_text("A short document about leases and restarts.\n")
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text("sources: [{type: text, path: a.txt}]\n")
+    ingest = plan(load_config(config_path), tmp_path / "work")[0]
+    me = lease_owner()
+    ingest.output.lease.parent.mkdir(parents=True)
+    ingest.output.lease.write_text(json.dumps({**me, "process_start": me["process_start"] - 1}))
+    said: list[str] = []
+    manifest = run_stage(ingest, load_config(config_path), log=said.append)
+    assert manifest["reused"] is False and ingest.output.complete()
+    assert not ingest.output.lease.exists()
+    assert any("taking over" in line and "now belongs to another process" in line for line in said)

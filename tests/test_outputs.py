@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
-from pipeline.outputs import LeaseHeld, StageOutput, building, fingerprint, lease, publish
+from pipeline import outputs
+from pipeline.outputs import (
+    LeaseHeld,
+    StageOutput,
+    building,
+    fingerprint,
+    lease,
+    lease_owner,
+    publish,
+)
 
 
 def test_fingerprint_depends_on_everything_that_changes_output():
@@ -60,3 +72,83 @@ def test_lease_excludes_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     with lease(path):
         assert json.loads(path.read_text())["pid"] != int(dead.stdout)
     assert not path.exists()
+
+
+def _write_lease(path, **owner):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**lease_owner(), **owner}))
+
+
+def test_a_lease_whose_pid_now_belongs_to_another_process_is_taken_over_at_once(tmp_path):
+    """A restarted container's new process gets the dead run's PID: here this test's own PID,
+    alive, but a process that started at another time than the lease's owner."""
+    path = tmp_path / "stage" / ".f.lease"
+    me = lease_owner()
+    _write_lease(path, process_start=me["process_start"] - 1000, since=time.time() - 3600)
+    said = []
+    with lease(path, wait_seconds=24 * 3600, log=said.append):
+        assert json.loads(path.read_text())["process_start"] == me["process_start"]
+    # Taken over without waiting, and the log says from whom and why.
+    assert len(said) == 1 and "taking over" in said[0], said
+    assert f"process {os.getpid()}" in said[0] and "now belongs to another process" in said[0]
+    assert not path.exists()
+
+
+def test_a_live_owner_is_named_by_the_waiting_run_then_released(tmp_path):
+    path = tmp_path / "stage" / ".f.lease"
+    held, release = threading.Event(), threading.Event()
+
+    def owner():
+        with lease(path):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    held.wait(30)
+    said = []
+    with pytest.raises(LeaseHeld, match=f"process {os.getpid()} on host"):
+        with lease(path, log=said.append):
+            pass
+    threading.Timer(1.0, release.set).start()
+    with lease(path, wait_seconds=60, log=said.append):
+        pass
+    thread.join()
+    waiting = [line for line in said if line.startswith("waiting for the lease")]
+    assert len(waiting) == 1, said
+    assert str(path) in waiting[0] and f"process {os.getpid()}" in waiting[0]
+    assert "since" in waiting[0] and "heartbeat" in waiting[0]
+
+
+def test_a_lease_from_another_host_lives_by_its_heartbeat(tmp_path, monkeypatch):
+    path = tmp_path / "stage" / ".f.lease"
+    _write_lease(path, host="another-host", pid=1)
+    with pytest.raises(LeaseHeld, match="another-host"):
+        with lease(path):
+            pass
+    old = time.time() - outputs.LEASE_STALE_SECONDS - 5  # no heartbeat for a while
+    os.utime(path, (old, old))
+    said = []
+    with lease(path, log=said.append):
+        pass
+    assert "no heartbeat" in said[0], said
+
+
+def test_the_owner_touches_its_lease_while_it_works(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs, "LEASE_HEARTBEAT_SECONDS", 0.05)
+    path = tmp_path / "stage" / ".f.lease"
+    with lease(path):
+        old = time.time() - 100
+        os.utime(path, (old, old))
+        deadline = time.time() + 10
+        while path.stat().st_mtime < old + 50 and time.time() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_mtime > old + 50
+
+
+def test_a_lease_taken_over_meanwhile_is_not_removed_by_its_old_owner(tmp_path):
+    path = tmp_path / "stage" / ".f.lease"
+    with lease(path):
+        path.unlink()  # as if another run had judged it stale and taken it
+        _write_lease(path, host="another-host", pid=1)
+    assert json.loads(path.read_text())["host"] == "another-host"

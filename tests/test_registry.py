@@ -161,3 +161,82 @@ def test_config_hash_follows_what_changes_outputs():
     assert config_hash(validate_config(base)) != config_hash(
         validate_config({**base, "train": {"max_steps": 7}})
     )
+
+
+# Registers as the register stage does, in its own process, and is SIGKILLed right after the
+# registry has created the version: before any alias or promotion tag.
+_KILLED_AFTER_CREATE = """
+import os, signal, sys
+from pathlib import Path
+
+import mlflow
+
+from pipeline.tracking.registry import PromotionRule, register_model_dir
+
+create = mlflow.register_model
+
+
+def create_then_die(*args, **kwargs):
+    create(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+mlflow.register_model = create_then_die
+uri, run_id, model_dir = sys.argv[1:]
+register_model_dir(uri, run_id, Path(model_dir), "killed-gpt", {"val_bpb": 2.0}, PromotionRule(),
+                   tags={"llmpipe.data_fingerprint": "d1"}, registration_key="fp-register-1")
+"""
+
+
+def test_a_registration_killed_after_the_version_was_created_is_completed_by_the_rerun(
+    tmp_path,
+):
+    import subprocess
+    import sys
+
+    uri = mlflow_store(tmp_path)
+    model_dir = save_tiny_model(tmp_path / "model", train_tokenizer(300))
+    tracker = Tracker(uri, "registry-kill", artifact_root=tmp_path / "artifacts")
+    killed_run = tracker.start_run("register")
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_CREATE, uri, killed_run, str(model_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    orphan = list_versions(uri, "killed-gpt")
+    assert [(v["version"], v["aliases"]) for v in orphan] == [(1, "")]  # no aliases yet
+    assert "llmpipe.promotion" not in orphan[0]
+
+    rerun = tracker.start_run("register")  # the rerun's own stage run
+
+    def register(key: str, bpb: float = 2.0) -> dict:
+        return register_model_dir(
+            uri,
+            rerun,
+            model_dir,
+            "killed-gpt",
+            {"val_bpb": bpb},
+            PromotionRule(),
+            tags={"llmpipe.data_fingerprint": "d1"},
+            registration_key=key,
+        )
+
+    result = register("fp-register-1")
+    assert result["version"] == "1" and result["promoted"]
+    versions = list_versions(uri, "killed-gpt")
+    assert len(versions) == 1, versions
+    only = versions[0]
+    assert only["aliases"] == "challenger,champion"
+    assert only["llmpipe.registration_key"] == "fp-register-1"
+    assert only["llmpipe.data_fingerprint"] == "d1" and only["val_bpb"] == "2.0"
+    assert "first version" in only["llmpipe.promotion"]
+    assert [e["alias"] for e in alias_history(uri, "killed-gpt", 1)] == ["challenger", "champion"]
+    # Run again after it completed: still one version, nothing moved twice.
+    again = register("fp-register-1")
+    assert again["version"] == "1" and again["promoted"]
+    assert len(list_versions(uri, "killed-gpt")) == 1
+    assert len(alias_history(uri, "killed-gpt", 1)) == 2
+    # Another registration key (another run's fingerprint) is a new version.
+    other = register("fp-register-2", bpb=1.0)
+    assert other["version"] == "2"

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig, task_name
-from pipeline.outputs import write_json_atomic
 from pipeline.quarantine import QUARANTINE_FILE, Quarantine
 
 Log = Callable[[str], None]
@@ -140,7 +139,7 @@ def run_finetune_stage(
     tracking_uri: str | None,
     mlflow_run_id: str | None,
     log: Log,
-    launch: Callable[[Path, Log, str | None], None],
+    launch: Callable[[Path, Log, str | None, dict[str, str]], None],
 ) -> dict[str, Any]:
     from pipeline.model.checkpoint import load_config
     from pipeline.train.request import TrainRequest
@@ -170,8 +169,8 @@ def run_finetune_stage(
         },
     )
     request_path = out / "train_request.json"
-    write_json_atomic(request_path, request.to_dict())
-    launch(request_path, log, ft.train.launcher)
+    request.to_json(request_path)  # without credentials; they go by environment
+    launch(request_path, log, ft.train.launcher, request.environment())
     metrics = json.loads((out / "train_metrics.json").read_text())
     inside = base.is_relative_to(out)
     return {

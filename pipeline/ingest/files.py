@@ -225,9 +225,10 @@ def source_input_fingerprint(sources: list, base_dir: str | Path) -> list[str]:
                     files.append([name, file_size(file), file_content_digest(file)])
                 except OSError as exc:
                     files.append([name, None, f"unreadable: {exc.strerror or exc}"])
-        payload = json.dumps(
-            {"source": source.model_dump(mode="json"), "files": files}, sort_keys=True
-        )
+        from pipeline.config import source_description  # config imports this module
+
+        described = {"source": source_description(source), "files": files}
+        payload = json.dumps(described, sort_keys=True)
         fingerprints.append(hashlib.blake2b(payload.encode(), digest_size=16).hexdigest())
     return fingerprints
 

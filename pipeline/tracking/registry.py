@@ -10,6 +10,11 @@ Every alias change is written into the tags of each version it touches, as
 `llmpipe.alias_log.NNN` = {"at", "alias", "change": "set" | "removed", "reason", "by"}, so a
 version's history (promoted by the rule, displaced by v7, promoted by hand) reads from its tags.
 `promote` moves an alias by hand and records it the same way.
+
+Registration is idempotent: a version carries the registering stage's fingerprint as
+`llmpipe.registration_key`, created with it in one registry write; a run killed after that write
+leaves a version without aliases, and the rerun finds it by its key and completes it instead of
+registering a second one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import pipeline
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIAS_LOG = "llmpipe.alias_log."
+REGISTRATION_KEY = "llmpipe.registration_key"
 _ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 # Tag namespaces that are not eval metrics (metrics are the plain `<task>_<metric>` tags).
 NON_METRIC_PREFIXES = ("llmpipe.", "prefect.", "mlflow.")
@@ -181,6 +187,17 @@ def git_commit(folder: Path | None = None) -> dict[str, str]:
     }
 
 
+def registered_with_key(client: MlflowClient, name: str, key: str) -> Any | None:
+    """The version of `name` an earlier attempt registered under `key`, if any."""
+    try:
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.`{REGISTRATION_KEY}` = '{key}'"
+        )
+    except MlflowException:  # no such model yet
+        return None
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
 def register_model_dir(
     tracking_uri: str,
     run_id: str,
@@ -189,17 +206,60 @@ def register_model_dir(
     metrics: dict[str, float],
     rule: PromotionRule,
     tags: dict[str, str] | None = None,
+    registration_key: str | None = None,
 ) -> dict[str, Any]:
-    """Log `model_dir` as a pyfunc model of `run_id`, register it and apply the promotion rule."""
-    from pipeline.tracking.pyfunc import SIGNATURE  # defining the model class warns: only here
+    """Log `model_dir` as a pyfunc model of `run_id`, register it and apply the promotion rule.
 
+    With `registration_key` (the register stage's fingerprint), a version registered under the
+    same key by an interrupted attempt is completed (promotion, aliases) instead of registering
+    the model again."""
     if rule.metric not in metrics:
         raise KeyError(
             f"register.metric {rule.metric!r} is not among the eval metrics {sorted(metrics)}"
         )
+    client = _client(tracking_uri)
+    version = registered_with_key(client, name, registration_key) if registration_key else None
+    if version is None:
+        version = _log_and_register(
+            client, tracking_uri, run_id, model_dir, name, metrics, tags, registration_key
+        )
+    number = str(version.version)
+    all_tags = dict(version.tags)
+
+    previous, incumbent = champion_metric(client, name, rule.metric)
+    value = float(metrics[rule.metric])
+    if str(previous) == number:  # an interrupted attempt got as far as @champion
+        promoted, reason = True, all_tags.get("llmpipe.promotion", "already the champion")
+        return _registered(name, number, promoted, reason, None, None, rule.metric, value)
+    promoted, reason = decide(rule, value, previous, incumbent)
+    data = all_tags.get("llmpipe.data_fingerprint")
+    if previous is not None and data:
+        theirs = client.get_model_version(name, previous).tags.get("llmpipe.data_fingerprint")
+        if theirs and theirs != data:
+            reason += f" [note: champion was evaluated on data {theirs}, this version on {data}]"
+    client.set_model_version_tag(name, number, "llmpipe.promotion", reason)
+    move_alias(client, name, CHALLENGER, number, f"newest registered version; {reason}", "rule")
+    if promoted:
+        move_alias(client, name, CHAMPION, number, reason, "rule")
+    return _registered(name, number, promoted, reason, previous, incumbent, rule.metric, value)
+
+
+def _log_and_register(
+    client: MlflowClient,
+    tracking_uri: str,
+    run_id: str,
+    model_dir: Path,
+    name: str,
+    metrics: dict[str, float],
+    tags: dict[str, str] | None,
+    registration_key: str | None,
+) -> Any:
+    """Log the model folder as the run's pyfunc model and register it: one new version, created
+    with all its tags (the registration key among them) in one registry write."""
+    from pipeline.tracking.pyfunc import SIGNATURE  # defining the model class warns: only here
+
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    client = _client(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -215,21 +275,21 @@ def register_model_dir(
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     if flow_run:
         all_tags["prefect.flow_run_id"] = flow_run
-    version = mlflow.register_model(info.model_uri, name, tags=all_tags)
-    number = str(version.version)
+    if registration_key:
+        all_tags[REGISTRATION_KEY] = registration_key
+    return mlflow.register_model(info.model_uri, name, tags=all_tags)
 
-    previous, incumbent = champion_metric(client, name, rule.metric)
-    value = float(metrics[rule.metric])
-    promoted, reason = decide(rule, value, previous, incumbent)
-    data = all_tags.get("llmpipe.data_fingerprint")
-    if previous is not None and data:
-        theirs = client.get_model_version(name, previous).tags.get("llmpipe.data_fingerprint")
-        if theirs and theirs != data:
-            reason += f" [note: champion was evaluated on data {theirs}, this version on {data}]"
-    client.set_model_version_tag(name, number, "llmpipe.promotion", reason)
-    move_alias(client, name, CHALLENGER, number, f"newest registered version; {reason}", "rule")
-    if promoted:
-        move_alias(client, name, CHAMPION, number, reason, "rule")
+
+def _registered(
+    name: str,
+    number: str,
+    promoted: bool,
+    reason: str,
+    previous: str | None,
+    incumbent: float | None,
+    metric: str,
+    value: float,
+) -> dict[str, Any]:
     return {
         "model_name": name,
         "version": number,
@@ -238,7 +298,7 @@ def register_model_dir(
         "reason": reason,
         "previous_champion": previous,
         "previous_champion_metric": incumbent,
-        "metric": rule.metric,
+        "metric": metric,
         "value": value,
     }
 

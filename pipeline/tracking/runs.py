@@ -21,10 +21,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from pipeline.credentials import redact
+
 _SECRET_KEY = re.compile(
     r"(password|passwd|secret|api[_-]?key|access[_-]?key|credential|auth)", re.I
 )
-_URI_CREDENTIALS = re.compile(r"(//)[^/@\s:]+:[^/@\s]+@")
 _NOT_IN_NAMES = re.compile(r"[^\w\-. :/]")  # MLflow's allowed metric-name characters
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
@@ -36,11 +37,6 @@ def default_tracking_uri(workdir: Path) -> str:
 
 def resolve_tracking_uri(configured: str | None, workdir: Path) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
-
-
-def redact(value: str) -> str:
-    """Hide `user:password@` in URIs."""
-    return _URI_CREDENTIALS.sub(r"\1***:***@", value)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,16 +6,22 @@ model's exact config, the prepared examples and the LoRA settings.
 Out: `TrainRequest`, written with `to_json(path)` and read back with `from_json(path)` by
 `python -m pipeline.train REQUEST.json`. This module imports no torch or Lightning, so the
 orchestrator can build a request cheaply.
+
+Secrets stay out of the file: it holds the tracking URI redacted (`user:password@` ->
+`***:***@`) and is readable by its owner only (0600); the full URI goes to the training process
+in its environment (`environment()` -> MLFLOW_TRACKING_URI), and `from_json` takes it from there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import ModelConfig, TrainConfig
+from pipeline.credentials import REDACTED, has_credentials, redact
 from pipeline.outputs import write_json_atomic
 
 
@@ -53,13 +59,21 @@ class TrainRequest:
         return TrainConfig.model_validate(self.train)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The request as written: the tracking URI without its credentials."""
+        data = asdict(self)
+        if self.mlflow_tracking_uri:
+            data["mlflow_tracking_uri"] = redact(self.mlflow_tracking_uri)
+        return data
+
+    def environment(self) -> dict[str, str]:
+        """What the training process needs in its environment beside the file."""
+        return {"MLFLOW_TRACKING_URI": self.mlflow_tracking_uri} if self.mlflow_tracking_uri else {}
 
     def to_json(self, path: str | Path) -> Path:
-        """Write the request atomically (tmp file + rename)."""
+        """Write the request atomically (tmp file + rename), readable by its owner only."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, self.to_dict())
+        write_json_atomic(path, self.to_dict(), mode=0o600)
         return path
 
     @classmethod
@@ -68,6 +82,9 @@ class TrainRequest:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown keys in train request: {', '.join(unknown)}")
+        uri = raw.get("mlflow_tracking_uri")
+        if uri and REDACTED in uri:  # written without its credentials
+            raw = {**raw, "mlflow_tracking_uri": _uri_from_environment(uri)}
         return cls(**raw)
 
     @classmethod
@@ -76,3 +93,14 @@ class TrainRequest:
         if not path.is_file():
             raise FileNotFoundError(f"train request not found: {path}")
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _uri_from_environment(redacted: str) -> str:
+    """The full tracking URI, from $MLFLOW_TRACKING_URI, for a request written without it."""
+    full = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if has_credentials(full) and redact(full) == redacted:
+        return full
+    raise ValueError(
+        f"the request's tracking URI {redacted} was written without its credentials: "
+        "set MLFLOW_TRACKING_URI to the full URI"
+    )
