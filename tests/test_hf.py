@@ -156,3 +156,19 @@ def test_multiple_choice_scores_equal_what_transformers_computes(tmp_path, token
     assert result["metrics"]["hs_acc"] == pytest.approx(sum(acc) / len(acc))
     assert result["metrics"]["hs_acc_norm"] == pytest.approx(sum(acc_norm) / len(acc_norm))
     assert not math.isnan(result["metrics"]["hs_acc"])
+
+
+def test_exported_files_follow_the_umask(tmp_path, tokenizer):
+    """safetensors writes through a private temporary file: the export must not stay 0600."""
+    import os
+    import stat
+
+    model_dir = save_tiny_model(tmp_path / "ours", tokenizer)
+    old = os.umask(0o022)
+    try:
+        assert cli_main(["export", str(model_dir), str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == 0o644, modes
+    assert set(modes.values()) == {0o644}

@@ -33,6 +33,7 @@ from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.tasks import RUNNERS, EvalContext, TaskSkipped
 from pipeline.generate import EOT, load_generator
 from pipeline.quarantine import OnceQuarantine, Quarantine
+from pipeline.train.ticks import tick_line, ticks_requested
 
 TABLE_COLUMNS = ["task", "metric", "value", "stderr", "examples", "method", "note"]
 
@@ -156,7 +157,11 @@ def _score_model(
     ctx = EvalContext(
         net, tokenizer, scorer, cfg, str(base_dir), quarantine, shards_dir, bytes_per_token
     )
-    for task in selected:
+    # `@progress` ticks for the orchestrator's bar (pipeline.train.ticks): the model's tasks
+    ticks = ticks_requested() and not prefix
+    for number, task in enumerate(selected):
+        if ticks:
+            log(tick_line(number, len(selected), "tasks"))
         name = prefix + task_name(task)
         started = time.time()
         try:
@@ -181,6 +186,8 @@ def _score_model(
             )
         if result.details:
             _write_jsonl(out_dir / f"{name}_examples.jsonl", result.details)
+    if ticks:
+        log(tick_line(len(selected), len(selected), "tasks"))
 
 
 def eval_table(result: dict[str, Any]) -> pd.DataFrame:

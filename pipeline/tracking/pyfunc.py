@@ -15,7 +15,13 @@ import mlflow.pyfunc
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-GENERATION_PARAMS = {"max_new_tokens": 50, "temperature": 0.8, "top_k": 50, "seed": 0}
+GENERATION_PARAMS = {
+    "max_new_tokens": 50,
+    "temperature": 0.8,
+    "top_k": 50,
+    "seed": 0,
+    "repetition_penalty": 1.0,
+}
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),
@@ -26,6 +32,7 @@ SIGNATURE = ModelSignature(
             ParamSpec("temperature", "double", GENERATION_PARAMS["temperature"]),
             ParamSpec("top_k", "long", GENERATION_PARAMS["top_k"]),
             ParamSpec("seed", "long", GENERATION_PARAMS["seed"]),
+            ParamSpec("repetition_penalty", "double", GENERATION_PARAMS["repetition_penalty"]),
         ]
     ),
 )
@@ -69,4 +76,5 @@ class GPTTextGenerator(mlflow.pyfunc.PythonModel):
             temperature=float(settings["temperature"]),
             top_k=int(settings["top_k"]) or None,
             seed=int(settings["seed"]),
+            repetition_penalty=float(settings["repetition_penalty"]),
         )

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,32 @@ class PromotionRule:
     def describe(self) -> str:
         direction = "lower" if self.mode == "min" else "higher"
         return f"{self.metric}, {direction} is better, by at least {self.min_improvement:g}"
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Log and register a model without MLflow's notes to the terminal: the advice to add type
+    hints (pyfunc.py explains why predict has none) and an input example, with raw ANSI colour
+    codes, a download progress bar, and "Successfully registered model" lines. Errors still
+    raise; the register stage says what it registered."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    from mlflow.utils import logging_utils
+
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    was_enabled, had_bar = stream.enabled, os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+    stream.enabled = False
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            yield
+    finally:
+        stream.enabled = was_enabled
+        if had_bar is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = had_bar
 
 
 def _client(tracking_uri: str) -> MlflowClient:
@@ -200,7 +230,7 @@ def register_model_dir(
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = _client(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), _quiet_mlflow():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_ENTRY),
@@ -215,7 +245,8 @@ def register_model_dir(
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     if flow_run:
         all_tags["prefect.flow_run_id"] = flow_run
-    version = mlflow.register_model(info.model_uri, name, tags=all_tags)
+    with _quiet_mlflow():  # not "Successfully registered ...": the stage reports the version
+        version = mlflow.register_model(info.model_uri, name, tags=all_tags)
     number = str(version.version)
 
     previous, incumbent = champion_metric(client, name, rule.metric)
