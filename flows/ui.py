@@ -158,7 +158,9 @@ class StageProgress:
                 desc=self.stage,
                 unit="step",
                 file=self._bar_file,
-                dynamic_ncols=True,
+                # the terminal's width as it changes; a terminal that reports none gets 100
+                dynamic_ncols=_terminal_columns(self._bar_file) > 0,
+                ncols=None if _terminal_columns(self._bar_file) > 0 else 100,
                 smoothing=0.1,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                 + unit
@@ -215,6 +217,13 @@ class StageProgress:
 
 
 TrainingProgress = StageProgress  # the earlier name
+
+
+def _terminal_columns(stream: Any) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _is_terminal(stream: Any) -> bool:

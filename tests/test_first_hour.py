@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from test_pipeline_e2e import QUICKSTART, SHRINK
 
+pytestmark = pytest.mark.slow  # a real `llmpipe run` (its own Prefect server): about a minute
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(sys.executable).parent
 # What a new user should not see: only the pipeline speaks.

@@ -54,8 +54,31 @@ def _prompts(model_input: Any) -> list[str]:
 
 
 # MLflow's type-hint signatures cannot carry generation params, so predict() has no hints and
-# SIGNATURE says what it takes; MLflow warns about missing hints when the class is defined.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+# SIGNATURE says what it takes; MLflow advises adding hints whenever the class is defined or
+# loaded, under its own `simplefilter("once")` (a warnings filter cannot hide it): drop that one
+# message where warnings are shown.
+NO_TYPE_HINTS_ADVICE = "Add type hints to the `predict` method"
+
+
+def hide_warnings(*fragments: str) -> None:
+    """Make `warnings.showwarning` drop warnings whose message contains one of `fragments`
+    (once per fragment per process; every other warning is shown as before)."""
+    hidden = getattr(warnings.showwarning, "llmpipe_hidden", None)
+    if hidden is not None:
+        hidden.update(fragments)
+        return
+    show = warnings.showwarning
+    hidden = set(fragments)
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not any(fragment in str(message) for fragment in hidden):
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.llmpipe_hidden = hidden
+    warnings.showwarning = showwarning
+
+
+hide_warnings(NO_TYPE_HINTS_ADVICE)
 
 
 class GPTTextGenerator(mlflow.pyfunc.PythonModel):

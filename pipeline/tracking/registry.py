@@ -19,7 +19,6 @@ import math
 import os
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,21 +53,22 @@ class PromotionRule:
 @contextmanager
 def _quiet_mlflow() -> Iterator[None]:
     """Log and register a model without MLflow's notes to the terminal: the advice to add type
-    hints (pyfunc.py explains why predict has none) and an input example, with raw ANSI colour
-    codes, a download progress bar, and "Successfully registered model" lines. Errors still
-    raise; the register stage says what it registered."""
+    hints (pyfunc.py explains why predict has none) and an input example (both with raw ANSI
+    colour codes), a download progress bar, and "Successfully registered model" lines. Errors
+    still raise; the register stage says what it registered."""
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
     from mlflow.utils import logging_utils
 
+    from pipeline.tracking.pyfunc import hide_warnings
+
+    # MLflow shows these under its own simplefilter("once"): hidden where warnings are shown
+    hide_warnings("An input example was not provided when logging the model")
     stream = logging_utils.MLFLOW_LOGGING_STREAM
     was_enabled, had_bar = stream.enabled, os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
     os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
     stream.enabled = False
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-            warnings.filterwarnings("ignore", message=".*An input example was not provided")
-            yield
+        yield
     finally:
         stream.enabled = was_enabled
         if had_bar is None:
@@ -221,7 +221,7 @@ def register_model_dir(
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log `model_dir` as a pyfunc model of `run_id`, register it and apply the promotion rule."""
-    from pipeline.tracking.pyfunc import SIGNATURE  # defining the model class warns: only here
+    from pipeline.tracking.pyfunc import SIGNATURE  # MLflow's pyfunc: loaded when needed
 
     if rule.metric not in metrics:
         raise KeyError(
