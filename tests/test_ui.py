@@ -249,11 +249,12 @@ def test_summary_commands_name_the_venv_when_it_is_not_on_path(monkeypatch, tmp_
     assert script_command("no-such-command-here") == "no-such-command-here"
 
 
-def test_a_prefect_server_that_answers_is_found(monkeypatch):
+def test_a_prefect_server_that_answers_is_found_and_used(monkeypatch, tmp_path):
     import http.server
+    import os
     import threading
 
-    from flows.stack import prefect_server_answers
+    from flows.stack import prefect_server_answers, use_running_prefect_server
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -270,6 +271,25 @@ def test_a_prefect_server_that_answers_is_found(monkeypatch):
         api = f"http://127.0.0.1:{server.server_port}/api"
         assert prefect_server_answers(api)
         assert not prefect_server_answers(f"http://127.0.0.1:{server.server_port}/other")
+        monkeypatch.setenv("PREFECT_API_URL", "")  # restored after the test, whatever is set
+        monkeypatch.delenv("PREFECT_API_URL")
+        monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+        said: list[str] = []
+        monkeypatch.setenv("LLMPIPE_REUSE_PREFECT_SERVER", "0")
+        assert use_running_prefect_server(api, log=said.append) is None  # turned off
+        monkeypatch.setenv("LLMPIPE_REUSE_PREFECT_SERVER", "1")
+        # a profile that names a server: that one is used, not the one answering
+        (tmp_path / "profiles.toml").write_text(
+            'active = "mine"\n[profiles.mine]\nPREFECT_API_URL = "http://elsewhere:4200/api"\n'
+        )
+        assert use_running_prefect_server(api, log=said.append) is None
+        (tmp_path / "profiles.toml").unlink()
+        assert use_running_prefect_server(api, log=said.append) == api
+        assert os.environ["PREFECT_API_URL"] == api
+        assert said == [
+            f"Using the Prefect server that answers at {api[:-4]} "
+            + ("(instead of starting a temporary one).")
+        ]
     finally:
         server.shutdown()
     assert not prefect_server_answers(api, timeout=0.5)  # nothing answers there now
