@@ -3,6 +3,7 @@
   llmpipe run CONFIG [--workdir DIR] [--set section.key=value ...] [--only a,b | --from STAGE]
   llmpipe serve CONFIG [--cron "0 3 * * *"] [--timezone TZ] [--name NAME] [--run-once]
   llmpipe generate MODEL "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--seed S]
+                   [--repetition-penalty P]
   llmpipe eval MODEL [--config CONFIG] [--tasks a,b] [--limit N] [--out DIR] [--record]
   llmpipe export MODEL OUT_DIR
   llmpipe import HF_DIR OUT_DIR
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repetition-penalty",
         type=float,
         default=1.0,
-        help="> 1 makes tokens already in the text less likely (1.3 suits a small model)",
+        help="> 1 makes tokens already in the text less likely (1.2 suits the quickstart model)",
     )
     gen.set_defaults(func=cmd_generate)
 

@@ -256,6 +256,11 @@ def _mlflow_base(tracking_uri: str) -> str:
     return os.environ.get("LLMPIPE_MLFLOW_UI_URL", LOCAL_MLFLOW_UI).rstrip("/")
 
 
+def _shown_uri(tracking_uri: str) -> str:
+    """A tracking URI to show: a server's address without its credentials (not even masked)."""
+    return redact(tracking_uri) if is_local_store(tracking_uri) else _mlflow_base(tracking_uri)
+
+
 def mlflow_experiment_url(tracking_uri: str, experiment_id: str) -> str:
     return f"{_mlflow_base(tracking_uri)}/#/experiments/{experiment_id}{MODEL_TRAINING_VIEW}"
 
@@ -412,7 +417,7 @@ def run_summary_markdown(
         f"# {config_name}: where this run is tracked",
         f"MLflow {link('pipeline run ' + parent_id[:8], mlflow_run_url(tracking_uri, experiment_id, parent_id))} "
         f"in experiment {link(experiment, mlflow_experiment_url(tracking_uri, experiment_id))} "
-        f"(id {experiment_id}), tracking URI `{redact(tracking_uri)}`.",
+        f"(id {experiment_id}), tracking URI `{_shown_uri(tracking_uri)}`.",
     ]
     if is_local_store(tracking_uri):
         lines.append(
