@@ -3,6 +3,7 @@
   llmpipe run CONFIG [--workdir DIR] [--set section.key=value ...] [--only a,b | --from STAGE]
   llmpipe serve CONFIG [--cron "0 3 * * *"] [--timezone TZ] [--name NAME] [--run-once]
   llmpipe generate MODEL "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--seed S]
+                   [--repetition-penalty P]
   llmpipe eval MODEL [--config CONFIG] [--tasks a,b] [--limit N] [--out DIR] [--record]
   llmpipe export MODEL OUT_DIR
   llmpipe import HF_DIR OUT_DIR
@@ -30,6 +31,12 @@ for _key, _value in {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     # MLflow prints run URLs (with any credentials in the tracking URI); the summary has them.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # Only what the pipeline says: no MLflow INFO notes ("Creating initial MLflow database
+    # tables...") or artifact-download progress bars in the terminal.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # OpenMP threads sleep while they wait (pipeline/train/__main__.py says why).
+    "OMP_WAIT_POLICY": "PASSIVE",
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -41,73 +48,9 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    from flows.ui import mlflow_run_url, prefect_flow_run_url
-    from pipeline.tracking.runs import redact
+    from flows.ui import print_summary
 
-    stages = summary["stages"]
-    states = ", ".join(f"{n} {'cached' if r['cached'] else 'ran'}" for n, r in stages.items())
-    uri = summary["tracking_uri"]
-    print()
-    print(f"Pipeline finished in {summary['seconds']:.1f} s ({states})")
-    print(f"  work dir:     {summary['workdir']}")
-    print(
-        f"  MLflow run:   {summary['mlflow_run_id']} (experiment {summary['experiment_id']}, "
-        f"{redact(uri)})"
-    )
-    print(f"  Prefect run:  {summary['prefect_flow_run_id']}")
-    registered = (stages.get("register") or {}).get("registered")
-    if registered:
-        from pipeline.tracking.registry import list_versions
-
-        rows = list_versions(uri, registered["model_name"])
-        aliases = next(
-            (r["aliases"] for r in rows if str(r["version"]) == str(registered["version"])), ""
-        )
-        print(
-            f"  registered:   {registered['model_name']} version {registered['version']} "
-            f"(aliases: {aliases or 'none'}; {registered['metric']} = {registered['value']:.4f})"
-        )
-    evaluation = stages.get("evaluate")
-    if evaluation:
-        metrics = evaluation.get("metrics", {})
-        print(
-            "  evaluation:   "
-            + ", ".join(
-                f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_ppl", "val_bpb") if k in metrics
-            )
-        )
-        for row in evaluation.get("eval_table", []):
-            if row["task"] in ("model", "val", "generations") or row["metric"] in (
-                "tokens",
-                "bytes",
-            ):
-                continue
-            value = f"{row['value']:.4g}" if row["value"] is not None else row["note"]
-            stderr = f" ± {row['stderr']:.3f}" if row["stderr"] is not None else ""
-            print(f"    {row['task']} {row['metric']}: {value}{stderr}")
-        print("  samples:")
-        for row in evaluation.get("generations", [])[:3]:
-            print(f"    - {row['text'][:160]!r}")
-    print("\nLook around:")
-    if registered:
-        print(
-            f'  llmpipe generate "models:/{registered["model_name"]}@champion" "The history of" '
-            f"--workdir {summary['workdir']}"
-        )
-    if uri.startswith("sqlite:"):
-        print(f"  mlflow ui --backend-store-uri {uri}")
-        print(
-            f"    then http://127.0.0.1:5000/#/experiments/{summary['experiment_id']}/runs/{summary['mlflow_run_id']}"
-        )
-    mlflow_url = mlflow_run_url(uri, summary["experiment_id"], summary["mlflow_run_id"])
-    if mlflow_url:
-        print(f"  MLflow:  {mlflow_url}")
-    prefect_url = prefect_flow_run_url(summary["prefect_flow_run_id"])
-    if prefect_url:
-        print(f"  Prefect: {prefect_url}")
-    else:
-        print("  prefect server start")
-        print(f"    then http://127.0.0.1:4200/runs/flow-run/{summary['prefect_flow_run_id']}")
+    print_summary(summary)
 
 
 class Stopped(BaseException):
@@ -170,10 +113,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from flows.stack import use_running_prefect_server
+
+        # a server answering at the default address is used (no temporary one: 15-25 s saved);
+        # else Prefect's temporary server starts in its own session, to outlive a signal to us
+        use_running_prefect_server()
         from flows.local_server import start_local_server
         from flows.pipeline import pipeline_flow
 
-        start_local_server()  # in its own session: it outlives a signal to this group
+        start_local_server()
         summary = pipeline_flow(
             config_path=str(Path(args.config).resolve()),
             workdir=args.workdir,
@@ -231,6 +179,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_k=args.top_k or None,
         seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
     )
     for text in texts:
         print(text)
@@ -284,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-k", type=int, default=50)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 makes tokens already in the text less likely (1.2 suits the quickstart model)",
+    )
     gen.set_defaults(func=cmd_generate)
 
     from flows.model_commands import add_model_commands

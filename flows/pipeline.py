@@ -27,7 +27,7 @@ from prefect.runtime import flow_run, task_run
 
 from flows.execution import close_task_runner, open_task_runner, run_on, stage_executor
 from flows.ui import (
-    TrainingProgress,
+    StageProgress,
     describe_model_version,
     flow_run_name,
     link,
@@ -41,6 +41,7 @@ from pipeline.config import PipelineConfig, load_config, require_source_files
 from pipeline.dag import PlannedStage, check_selection, plan, run_stage, select, stage_names
 from pipeline.reports import recipe_tables, stage_markdown, stage_metrics
 from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
+from pipeline.train.ticks import PROGRESS_TICKS_ENV
 
 # Training resumes from its last checkpoint and registry writes can meet a locked SQLite
 # database: both are worth a retry. Data stages fail for reasons a retry does not change.
@@ -80,12 +81,17 @@ def stage_task(
     Tracker(tracking_uri, parsed.tracking.experiment).set_tags(
         mlflow_run_id, {"prefect.task_run_id": str(task_run.id)}
     )
-    progress = TrainingProgress(stage, logger.info)  # `step N/M` lines -> a progress bar
-    with stage_executor(parsed.execution) as executor:  # local processes or Dask workers
-        manifest = run_stage(
-            planned, parsed, tracking_uri, mlflow_run_id, log=progress, executor=executor
-        )
-    progress.finish()
+    # `step N/M` lines and `@progress` ticks -> a terminal bar with the time left, ETAs in the
+    # log, a Prefect progress artifact. The trainer process inherits the request for ticks.
+    os.environ[PROGRESS_TICKS_ENV] = "1"
+    progress = StageProgress(stage, logger.info)
+    try:
+        with stage_executor(parsed.execution) as executor:  # local processes or Dask workers
+            manifest = run_stage(
+                planned, parsed, tracking_uri, mlflow_run_id, log=progress, executor=executor
+            )
+    finally:
+        progress.finish()
     return {**manifest, "mlflow_run_id": manifest.get("mlflow_run_id", mlflow_run_id)}
 
 
@@ -198,7 +204,7 @@ def _run_stage_run(
         f" (pipeline run {link(parent_id[:8], mlflow_run_url(uri, experiment_id, parent_id))})."
     )
     tracker.log_text(run_id, markdown, "summary.md")
-    create_markdown_artifact(
+    card = create_markdown_artifact(
         markdown=markdown, key=f"llmpipe-{planned.name}", description=planned.name
     )
     if manifest.get("eval_table"):
@@ -211,6 +217,7 @@ def _run_stage_run(
         "cached": cached,
         "stage_run_id": run_id,
         "output": str(planned.output.path),
+        "prefect_artifact_id": str(card) if card else None,
     }
 
 
@@ -220,6 +227,7 @@ def _run_stages(
     tracker: Tracker,
     parent_id: str,
     work: Path,
+    started: float,
 ) -> dict[str, Any]:
     """Run the stages under the parent MLflow run, then record the run's summary and end it
     (the caller ends it FAILED or KILLED when this raises)."""
@@ -271,9 +279,13 @@ def _run_stages(
         describe_model_version(tracker, registered, config.register.mode)
     with tempfile.TemporaryDirectory() as scratch:
         log_run_plots(tracker, parent_id, results, Path(scratch))
-    for name in ("evaluate", "register"):
+    for name in ("evaluate", "register"):  # the model's metrics, on the run a person opens
         if name in results:
-            tracker.log_metrics(parent_id, stage_metrics(results[name]))
+            metrics = stage_metrics(results[name])
+            metrics.pop("stage_seconds", None)  # each stage's time is on its own run
+            tracker.log_metrics(parent_id, metrics)
+    # the whole run's wall time, from the flow's start to here
+    tracker.log_metrics(parent_id, {"pipeline_seconds": round(time.time() - started, 2)})
     tracker.end_run(parent_id)
     return results
 
@@ -317,7 +329,7 @@ def pipeline_flow(
     )
     logger.info("MLflow run %s in %s", parent_id, redact(tracking_uri))
     try:
-        results = _run_stages(config, stages, tracker, parent_id, work)
+        results = _run_stages(config, stages, tracker, parent_id, work, started)
     except BaseException as exc:  # failed, or stopped by a signal: the run says which
         tracker.end_run(parent_id, end_status(exc))
         raise
@@ -330,6 +342,12 @@ def pipeline_flow(
         "prefect_flow_run_id": str(flow_run.id),
         "seconds": round(time.time() - started, 2),
         "stages": results,
+        # how `llmpipe generate` samples like the evaluate stage (printed by the summary)
+        "generation": {
+            "temperature": config.evaluate.temperature,
+            "top_k": config.evaluate.top_k,
+            "repetition_penalty": config.evaluate.repetition_penalty,
+        },
     }
     return summary
 

@@ -71,6 +71,55 @@ QUIET = {
 }
 
 
+# Where `prefect server start` listens unless told otherwise.
+DEFAULT_PREFECT_API = "http://127.0.0.1:4200/api"
+
+
+def prefect_server_answers(api_url: str = DEFAULT_PREFECT_API, timeout: float = 1.0) -> bool:
+    """Whether a Prefect server answers its health check at `api_url` (within `timeout`)."""
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _profile_api_url() -> str | None:
+    """PREFECT_API_URL of the active Prefect profile, read from its file: importing Prefect
+    would fix its settings before this process could point it at a server."""
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    return (profiles.get("profiles", {}).get(active) or {}).get("PREFECT_API_URL") or None
+
+
+def use_running_prefect_server(
+    api_url: str = DEFAULT_PREFECT_API, log=lambda text: print(text, file=sys.stderr)
+) -> str | None:
+    """Point this process at the Prefect server running at the default address, when one
+    answers and nothing else is configured; returns its API URL, or None when a run would
+    start its own temporary server (15-25 s) as before. LLMPIPE_REUSE_PREFECT_SERVER=0 turns
+    this off. Call it before Prefect is imported: Prefect reads its settings once."""
+    if os.environ.get("LLMPIPE_REUSE_PREFECT_SERVER", "1") == "0":
+        return None
+    if os.environ.get("PREFECT_API_URL") or _profile_api_url():
+        return None  # the environment or the Prefect profile names a server: that one is used
+    if not prefect_server_answers(api_url):
+        return None
+    os.environ["PREFECT_API_URL"] = api_url
+    log(
+        f"Using the Prefect server that answers at {api_url.removesuffix('/api')} "
+        "(instead of starting a temporary one)."
+    )
+    return api_url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -859,6 +859,9 @@ class EvaluateConfig(Section):
     max_new_tokens: int = Field(40, gt=0)
     temperature: float = Field(0.8, ge=0)
     top_k: int | None = Field(50, gt=0)
+    repetition_penalty: float = added_later(
+        1.0, gt=0, description="> 1 makes tokens already in the text less likely (1: off)"
+    )
     seed: int = 1234
     compare_base: bool = Field(
         True,

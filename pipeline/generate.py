@@ -65,8 +65,10 @@ def generate_texts(
     temperature: float = 0.8,
     top_k: int | None = 50,
     seed: int | None = None,
+    repetition_penalty: float = 1.0,
 ) -> list[str]:
-    """Prompt + continuation for each prompt, stopping at end-of-text."""
+    """Prompt + continuation for each prompt, stopping at end-of-text. Temperature 0 is greedy;
+    `repetition_penalty` > 1 discourages tokens already in the text (GPT.generate)."""
     eot_id = tokenizer.token_to_id(EOT)
     device = next(net.parameters()).device
     generator = torch.Generator(device=device)
@@ -83,6 +85,7 @@ def generate_texts(
             top_k=top_k,
             eos_id=eot_id,
             generator=generator,
+            repetition_penalty=repetition_penalty,
         )
         new = [t for t in out[0, len(ids) :].tolist()]
         if eot_id in new:

@@ -34,7 +34,8 @@ def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
         for key, value in flatten(manifest.get(section) or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{key}"] = value
-    out["seconds"] = manifest.get("seconds", 0.0)
+    # The stage's own wall time (a pipeline run's parent MLflow run has `pipeline_seconds`).
+    out["stage_seconds"] = manifest.get("seconds", 0.0)
     return out
 
 
@@ -74,27 +75,28 @@ def before_after_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def _cleaning_and_dedup_sections(manifest: dict[str, Any]) -> list[str]:
-    """Clean's rule table (with one removed document per rule) and edits; dedup's near-dup
-    examples, removed text beside kept text: what a person reads to judge a rule."""
+    """Clean's rule table and edits; dedup's near-dup examples, removed text beside kept text:
+    what a person reads to judge a rule."""
     parts = []
     rules = manifest.get("rules") or []
-    examples = manifest.get("examples_rejected") or {}
     if rules:
-        rows = []
-        for rule in rules:
-            sample = (examples.get(rule["name"]) or [{}])[0].get("text", "")
-            rows.append(
-                (
-                    rule["name"],
-                    rule["family"],
-                    f"{rule['signal']} {rule['keep_if']}",
-                    _fmt(rule["removed"]),
-                    _fmt(rule["failing"]),
-                    str(sample)[:120],
-                )
+        # Four short columns, so the table fits the Prefect UI's card; the family of each rule
+        # is in MLflow's rules.json, and removed documents are under "Rejected examples".
+        rows = [
+            (
+                rule["name"],
+                f"{rule['signal']} {rule['keep_if']}",
+                _fmt(rule["removed"]),
+                _fmt(rule["failing"]),
             )
-        header = ("rule", "family", "keep if", "removed", "failing", "a removed document")
-        parts.append("## Rules, in the order tried\n\n" + _table(rows, header))
+            for rule in rules
+        ]
+        header = ("rule", "keep if", "removed", "failing")
+        parts.append(
+            "## Rules, in the order tried\n\n"
+            "`failing`: documents the rule alone would reject; `removed`: those it rejected "
+            "first.\n\n" + _table(rows, header)
+        )
     edits = manifest.get("edits") or {}
     if edits:
         rows = [(name, _fmt(n)) for name, n in edits.items()]
@@ -187,7 +189,7 @@ def stage_markdown(stage: str, manifest: dict[str, Any]) -> str:
         f"Output `{manifest.get('fingerprint')}`, {manifest.get('seconds', 0):.1f} s.",
     ]
     numbers = stage_metrics(manifest)
-    numbers.pop("seconds", None)
+    numbers.pop("stage_seconds", None)
     evaluation = manifest.get("eval_table") or []
     if evaluation:
         parts.append(eval_markdown(evaluation))

@@ -25,6 +25,8 @@ for key, value in {
     "MPLBACKEND": "Agg",
     "XDG_CONFIG_HOME": str(_HOME / "config"),
     "TORCHINDUCTOR_CACHE_DIR": str(_HOME / "inductor"),
+    # a Prefect server someone runs at 127.0.0.1:4200 is not the tests' (flows/stack.py)
+    "LLMPIPE_REUSE_PREFECT_SERVER": "0",
 }.items():
     os.environ[key] = value
 os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -265,8 +265,8 @@ def test_sample_counts_add_up_through_ingest_clean_dedup(tmp_path):
     assert cleaned["counts"]["input"] == documents
     assert deduped["counts"]["input"] == cleaned["counts"]["kept"]
     # The numbers data/sample/README.md quotes, under the default (FineWeb) rules.
-    assert (documents, cleaned["counts"]["rejected"]) == (942, 586)
-    assert (deduped["counts"]["duplicates"], deduped["counts"]["kept"]) == (249, 107)
+    assert (documents, cleaned["counts"]["rejected"]) == (1411, 624)
+    assert (deduped["counts"]["duplicates"], deduped["counts"]["kept"]) == (249, 538)
     # Every SQuAD context that passes the rules survives exactly once.
     squad_kept = [d["text"] for d in iter_documents(tmp_path / "dedup") if d["source"] == "squad"]
     assert len(squad_kept) == len(set(squad_kept)) > 30

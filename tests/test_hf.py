@@ -166,3 +166,19 @@ def test_export_refuses_blocks_no_hugging_face_architecture_has(tmp_path, tokeni
     with pytest.raises(ValueError, match="no Hugging Face architecture has these blocks"):
         cli_main(["export", str(model_dir), str(out)])
     assert not out.exists()
+
+
+def test_exported_files_follow_the_umask(tmp_path, tokenizer):
+    """safetensors writes through a private temporary file: the export must not stay 0600."""
+    import os
+    import stat
+
+    model_dir = save_tiny_model(tmp_path / "ours", tokenizer)
+    old = os.umask(0o022)
+    try:
+        assert cli_main(["export", str(model_dir), str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == 0o644, modes
+    assert set(modes.values()) == {0o644}

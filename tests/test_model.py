@@ -128,6 +128,38 @@ def test_generate_length_greedy_and_seeded_sampling():
     assert model.generate(prompt, 30, temperature=0).shape == (2, 35)
 
 
+def test_repetition_penalty_scales_the_logits_of_seen_tokens_once():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, -2.0, 0.0]])
+    seen = torch.tensor([[0, 1, 1], [2, 2, 2]])  # row 0 saw ids 0 and 1 (1 twice); row 1: id 2
+    out = GPT.penalize_repeats(logits, seen, 2.0)
+    assert torch.allclose(out, torch.tensor([[1.0, -2.0, 0.5, 3.0], [1.0, 1.0, -4.0, 0.0]]))
+    assert torch.equal(GPT.penalize_repeats(logits, seen, 1.0), logits)
+    with pytest.raises(ValueError):
+        GPT.penalize_repeats(logits, seen, 0.0)
+
+
+def test_repetition_penalty_breaks_a_greedy_loop():
+    """A model that always prefers one token: greedy says it for ever (a small model's "the
+    1999999..."); with the penalty, once said, the runner-up can win."""
+    model = tiny_model()
+    favourite = torch.zeros(model.config.vocab_size)
+    favourite[9], favourite[10], favourite[11] = 3.0, 2.0, 1.0
+
+    def scripted(idx, cache=None, start_pos=0, **_):
+        return favourite.expand(idx.size(0), idx.size(1), -1), None
+
+    model.forward = scripted
+    prompt = torch.tensor([[3, 4]])
+    assert model.generate(prompt, 6, temperature=0)[0, 2:].tolist() == [9] * 6
+    penalized = model.generate(prompt, 6, temperature=0, repetition_penalty=2.0)[0, 2:].tolist()
+    # 9 said: 3/2 < 2, so 10; then both said: 3/2 > 2/2, so 9 (each id penalized once)
+    assert penalized == [9, 10, 9, 9, 9, 9]
+    assert torch.equal(
+        model.generate(prompt, 6, temperature=0, repetition_penalty=1.0),
+        model.generate(prompt, 6, temperature=0),
+    )
+
+
 def test_top_k_one_is_greedy():
     model = tiny_model()
     prompt = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(9))

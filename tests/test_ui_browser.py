@@ -175,6 +175,23 @@ def test_prefect_flow_run_shows_stages_and_artifacts(served_run, page):
     )
 
 
+def test_the_printed_mlflow_link_opens_the_model_training_view(served_run, page):
+    """A new user's browser (nothing in localStorage) on the address the run prints: MLflow 3
+    would open its GenAI view ("Evaluations", traces); the link asks for model training."""
+    from flows.ui import mlflow_run_url
+
+    _, parent = mlflow_parent_run(served_run)
+    ui = served_run.stack.ui_urls()["mlflow"]
+    page.driver.get(ui)
+    page.driver.execute_script("localStorage.clear();")
+    uri = served_run.stack.client_env()["MLFLOW_TRACKING_URI"]
+    url = mlflow_run_url(uri, parent.info.experiment_id, parent.info.run_id)
+    assert url.startswith(ui) and url.endswith("?workflowType=machine_learning")
+    page.driver.get("about:blank")
+    text = page.open(url, [served_run.flow_run_name, "val_bpb", "Runs"], "mlflow-printed-link")
+    assert "Evaluations" not in text and "Evaluation runs" not in text
+
+
 def test_mlflow_run_shows_metrics_and_plots(served_run, page):
     _, parent = mlflow_parent_run(served_run)
     ui = served_run.stack.ui_urls()["mlflow"]

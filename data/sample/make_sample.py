@@ -263,11 +263,27 @@ def finetune_samples(shared: Path, out: Path) -> dict[str, int]:
     return counts
 
 
+def xsum_news_articles(raw_path: Path) -> list[dict[str, str]]:
+    """The XSum test articles that finetune/xsum_sample.jsonl does not hold (so the
+    summarization task is never scored on text the quickstart model was pretrained on), in
+    file order: {id, text}. Modern news prose, a sentence a line."""
+    records = _gz_records(raw_path)
+    short = [r["id"] for r in records if len(r["document"].split()) <= XSUM_MAX_WORDS]
+    held_out = set(short[:XSUM_SIZE])  # the documents of finetune/xsum_sample.jsonl
+    return [
+        {"id": f"xsum-{r['id']}", "text": r["document"].strip()}
+        for r in records
+        if r["id"] not in held_out and r["document"].strip()
+    ]
+
+
 def main(shared: Path = DEFAULT_SHARED) -> None:
     articles = wikitext_articles(shared / "lm/wikitext-2-raw/wiki.test.raw.gz")
     write_jsonl_gz(articles, HERE / "wikitext2_test_articles.jsonl.gz")
     chapters = botchan_chapters(shared / "lm/botchan.txt")
     (HERE / "botchan.txt").write_text("\n\n".join(chapters) + "\n", encoding="utf-8")
+    news = xsum_news_articles(shared / "summarization/xsum_test_shared.jsonl.gz")
+    write_jsonl_gz(news, HERE / "xsum_news_articles.jsonl.gz")
     rows = squad_rows(shared / "eval/squad/squad_v2_dev_subset_shared.json")
     write_csv(rows, HERE / "squad_contexts.csv")
     snippets = ftfy_snippets(shared / "unicode/ftfy_mojibake_cases_shared.jsonl")
@@ -283,7 +299,8 @@ def main(shared: Path = DEFAULT_SHARED) -> None:
     )
     print(
         f"wrote {len(questions)} HellaSwag questions, "
-        f"{len(articles)} WikiText articles, {len(chapters)} Botchan blocks, "
+        f"{len(articles)} WikiText articles, {len(news)} XSum news articles, "
+        f"{len(chapters)} Botchan blocks, "
         f"{len(rows)} SQuAD rows ({len({r['context'] for r in rows})} distinct contexts), "
         f"{len(snippets)} ftfy snippets"
     )

@@ -34,6 +34,7 @@ from pipeline.evaluate.tasks import RUNNERS, EvalContext, TaskSkipped
 from pipeline.generate import load_generator
 from pipeline.quarantine import OnceQuarantine, Quarantine
 from pipeline.special_tokens import EOT_TOKEN as EOT
+from pipeline.train.ticks import tick_line, ticks_requested
 
 TABLE_COLUMNS = ["task", "metric", "value", "stderr", "examples", "method", "note"]
 
@@ -165,7 +166,11 @@ def _score_model(
     ctx = EvalContext(
         net, tokenizer, scorer, cfg, str(base_dir), quarantine, shards_dir, bytes_per_token
     )
-    for task in selected:
+    # `@progress` ticks for the orchestrator's bar (pipeline.train.ticks): the model's tasks
+    ticks = ticks_requested() and not prefix
+    for number, task in enumerate(selected):
+        if ticks:
+            log(tick_line(number, len(selected), "tasks"))
         name = prefix + task_name(task)
         started = time.time()
         try:
@@ -190,6 +195,8 @@ def _score_model(
             )
         if result.details:
             _write_jsonl(out_dir / f"{name}_examples.jsonl", result.details)
+    if ticks:
+        log(tick_line(len(selected), len(selected), "tasks"))
 
 
 def mark_contamination(scored: Scored, contamination: dict[str, Any]) -> None:

@@ -411,12 +411,19 @@ def run_generations(task: Any, ctx: EvalContext) -> TaskResult:
         temperature=cfg.temperature,
         top_k=cfg.top_k,
         seed=cfg.seed,
+        repetition_penalty=cfg.repetition_penalty,
     )
+    how = (
+        "greedy"
+        if cfg.temperature == 0
+        else f"sampled, temperature {cfg.temperature}, top_k {cfg.top_k}, seed {cfg.seed}"
+    )
+    if cfg.repetition_penalty != 1.0:
+        how += f", repetition penalty {cfg.repetition_penalty:g}"
     return TaskResult(
         task_name(task),
         task.type,
-        f"sampled, temperature {cfg.temperature}, top_k {cfg.top_k}, seed {cfg.seed}, "
-        f"up to {cfg.max_new_tokens} new tokens",
+        f"{how}, up to {cfg.max_new_tokens} new tokens",
         metrics={},
         examples=len(texts),
         generations=[{"prompt": p, "text": t} for p, t in zip(cfg.prompts, texts, strict=True)],

@@ -338,6 +338,7 @@ class GPT(nn.Module):
         stop_ids: Iterable[int] = (),
         seed: int | None = None,
         use_cache: bool = True,
+        repetition_penalty: float = 1.0,
     ) -> torch.Tensor:
         """Append up to `max_new_tokens` sampled ids to each row of idx (B, T); returns (B, T + n).
 
@@ -346,6 +347,11 @@ class GPT(nn.Module):
         probability reaches `top_p` (nucleus), and sampled with `generator` (or a new one seeded
         with `seed`). A row that produces `eos_id` or one of `stop_ids` is finished: it keeps
         receiving that stop token, and generation ends once every row is.
+
+        `repetition_penalty` > 1 makes every token already in the row (prompt included) less
+        likely, before greedy or sampled choice (CTRL, Keskar et al. 2019, as transformers
+        applies it: a positive logit is divided by the penalty, a negative one multiplied). A
+        small model otherwise tends to loop on its likeliest phrase ("the 1999999...").
 
         The KV cache holds up to block_size positions; when it is full, the oldest quarter of
         the context is dropped and the cache is rebuilt from the rest (a sliding window that
@@ -377,7 +383,10 @@ class GPT(nn.Module):
             else:
                 logits, _ = forward(idx[:, -1:], cache=cache, start_pos=cached)
                 cached += 1
-            next_id = self._sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            last = logits[:, -1, :].float()
+            if repetition_penalty != 1.0:
+                last = self.penalize_repeats(last, idx, repetition_penalty)
+            next_id = self._sample(last, temperature, top_k, top_p, generator)
             if stops:  # a finished row repeats the stop token it ended with
                 next_id = torch.where(finished.unsqueeze(1), idx[:, -1:], next_id)
                 finished |= torch.isin(next_id.squeeze(1), stop_tensor)
@@ -385,6 +394,16 @@ class GPT(nn.Module):
             if stops and bool(finished.all()):
                 break
         return idx
+
+    @staticmethod
+    def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+        """(B, V) logits with the ids in each row of `seen` (B, T) made less likely: divided by
+        `penalty` where positive, multiplied where negative (each id once, however often)."""
+        if penalty <= 0:
+            raise ValueError(f"repetition_penalty must be positive, not {penalty}")
+        scores = torch.gather(logits, 1, seen)
+        scores = torch.where(scores < 0, scores * penalty, scores / penalty)
+        return logits.scatter(1, seen, scores)
 
     @staticmethod
     def _sample(

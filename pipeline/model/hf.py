@@ -22,6 +22,7 @@ The mapping (after nanoGPT's `from_pretrained` and litgpt's converters):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,9 +190,22 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     if missing or unexpected:
         raise RuntimeError(f"export mapping mismatch: missing {missing}, unexpected {unexpected}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    before = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.is_file()}
     hf_model.save_pretrained(out_dir, safe_serialization=True)
     hf_tokenizer(tokenizer).save_pretrained(out_dir)
+    _permissions_from_umask(
+        [p for p in out_dir.iterdir() if p.is_file() and before.get(p.name) != p.stat().st_mtime_ns]
+    )
     return out_dir
+
+
+def _permissions_from_umask(files: list[Path]) -> None:
+    """Give written files the mode a new file gets here (0o666 less the umask): safetensors
+    writes through a private temporary file, which left model.safetensors at 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in files:
+        path.chmod(0o666 & ~umask)
 
 
 # ------------------------------------------------------------------------------------ import

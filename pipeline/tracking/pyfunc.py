@@ -15,7 +15,13 @@ import mlflow.pyfunc
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-GENERATION_PARAMS = {"max_new_tokens": 50, "temperature": 0.8, "top_k": 50, "seed": 0}
+GENERATION_PARAMS = {
+    "max_new_tokens": 50,
+    "temperature": 0.8,
+    "top_k": 50,
+    "seed": 0,
+    "repetition_penalty": 1.0,
+}
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),
@@ -26,6 +32,7 @@ SIGNATURE = ModelSignature(
             ParamSpec("temperature", "double", GENERATION_PARAMS["temperature"]),
             ParamSpec("top_k", "long", GENERATION_PARAMS["top_k"]),
             ParamSpec("seed", "long", GENERATION_PARAMS["seed"]),
+            ParamSpec("repetition_penalty", "double", GENERATION_PARAMS["repetition_penalty"]),
         ]
     ),
 )
@@ -47,8 +54,31 @@ def _prompts(model_input: Any) -> list[str]:
 
 
 # MLflow's type-hint signatures cannot carry generation params, so predict() has no hints and
-# SIGNATURE says what it takes; MLflow warns about missing hints when the class is defined.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+# SIGNATURE says what it takes; MLflow advises adding hints whenever the class is defined or
+# loaded, under its own `simplefilter("once")` (a warnings filter cannot hide it): drop that one
+# message where warnings are shown.
+NO_TYPE_HINTS_ADVICE = "Add type hints to the `predict` method"
+
+
+def hide_warnings(*fragments: str) -> None:
+    """Make `warnings.showwarning` drop warnings whose message contains one of `fragments`
+    (once per fragment per process; every other warning is shown as before)."""
+    hidden = getattr(warnings.showwarning, "llmpipe_hidden", None)
+    if hidden is not None:
+        hidden.update(fragments)
+        return
+    show = warnings.showwarning
+    hidden = set(fragments)
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not any(fragment in str(message) for fragment in hidden):
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.llmpipe_hidden = hidden
+    warnings.showwarning = showwarning
+
+
+hide_warnings(NO_TYPE_HINTS_ADVICE)
 
 
 class GPTTextGenerator(mlflow.pyfunc.PythonModel):
@@ -69,4 +99,5 @@ class GPTTextGenerator(mlflow.pyfunc.PythonModel):
             temperature=float(settings["temperature"]),
             top_k=int(settings["top_k"]) or None,
             seed=int(settings["seed"]),
+            repetition_penalty=float(settings["repetition_penalty"]),
         )

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,33 @@ class PromotionRule:
     def describe(self) -> str:
         direction = "lower" if self.mode == "min" else "higher"
         return f"{self.metric}, {direction} is better, by at least {self.min_improvement:g}"
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Log and register a model without MLflow's notes to the terminal: the advice to add type
+    hints (pyfunc.py explains why predict has none) and an input example (both with raw ANSI
+    colour codes), a download progress bar, and "Successfully registered model" lines. Errors
+    still raise; the register stage says what it registered."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    from mlflow.utils import logging_utils
+
+    from pipeline.tracking.pyfunc import hide_warnings
+
+    # MLflow shows these under its own simplefilter("once"): hidden where warnings are shown
+    hide_warnings("An input example was not provided when logging the model")
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    was_enabled, had_bar = stream.enabled, os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+    stream.enabled = False
+    try:
+        yield
+    finally:
+        stream.enabled = was_enabled
+        if had_bar is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = had_bar
 
 
 def _client(tracking_uri: str) -> MlflowClient:
@@ -260,7 +290,7 @@ def _log_and_register(
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), _quiet_mlflow():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_ENTRY),
@@ -277,7 +307,8 @@ def _log_and_register(
         all_tags["prefect.flow_run_id"] = flow_run
     if registration_key:
         all_tags[REGISTRATION_KEY] = registration_key
-    return mlflow.register_model(info.model_uri, name, tags=all_tags)
+    with _quiet_mlflow():  # not "Successfully registered ...": the stage reports the version
+        return mlflow.register_model(info.model_uri, name, tags=all_tags)
 
 
 def _registered(

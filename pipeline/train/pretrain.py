@@ -24,6 +24,7 @@ same command, rerun after a crash or a kill, continues to max_steps.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import statistics
 import sys
@@ -51,12 +52,34 @@ from pipeline.train.checkpoints import (
 )
 from pipeline.train.data import TokenShardDataModule
 from pipeline.train.lit_module import LitGPT, NonFiniteLossError, peak_flops
-from pipeline.train.progress import plot_loss_curve
+from pipeline.train.progress import ProgressTicks, plot_loss_curve
 from pipeline.train.request import TrainRequest
 from pipeline.train.samples import SampleGenerations
+from pipeline.train.ticks import ticks_requested
 
 METRICS_FILE = "train_metrics.json"
 LOSS_CURVE_FILE = "loss_curve.png"
+# Lightning's notes at every launch that say nothing about this run (our own first line names
+# the device): an advertisement for its cloud logger, the accelerators it did not find, and
+# that max_steps was reached. Its warnings and other notes still show.
+_LIGHTNING_CHATTER = (
+    "\N{ELECTRIC LIGHT BULB} Tip:",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "`Trainer.fit` stopped: `max_steps=",
+)
+
+
+class _QuietLightning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        return not str(record.getMessage()).startswith(_LIGHTNING_CHATTER)
+
+
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_QuietLightning())
 
 
 class ExternalRunMLFlowLogger(MLFlowLogger):
@@ -272,6 +295,8 @@ def run_training(
         )
     if use_bar:
         callbacks.append(TQDMProgressBar())
+    elif ticks_requested():  # the orchestrator draws the bar from `@progress` lines
+        callbacks.append(ProgressTicks(train.max_steps))
     callbacks += extra_callbacks or []
     trainer = build_trainer(train, out_dir, callbacks, make_logger(request), progress_bar=use_bar)
 

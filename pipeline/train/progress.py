@@ -1,12 +1,19 @@
-"""What a training run leaves behind besides checkpoints: the loss curve.
+"""Training progress: the loss curve a run leaves behind, and the ticks a terminal bar follows.
 
 In: the [step, loss] history of a run (LitGPT.history). Out: `loss_curve.png`.
 (The `step N/M | train_loss ...` progress lines are printed by LitGPT itself.)
+`ProgressTicks` prints `@progress N/M` lines for an orchestrator that draws the bar.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
+
+import pytorch_lightning as pl
+
+from pipeline.train.ticks import tick_line
 
 
 def plot_loss_curve(history: dict[str, list[list[float]]], path: Path, title: str = "") -> Path:
@@ -33,3 +40,31 @@ def plot_loss_curve(history: dict[str, list[list[float]]], path: Path, title: st
     fig.savefig(tmp)
     tmp.replace(path)
     return path
+
+
+class ProgressTicks(pl.Callback):
+    """Prints `@progress STEP/MAX_STEPS` after optimizer steps, at most every `every_seconds`
+    (and always for the last step), on rank 0."""
+
+    def __init__(self, total: int, every_seconds: float = 1.0, out=None):
+        self.total = total
+        self.every_seconds = every_seconds
+        self.out = out
+        self._last_time = 0.0
+        self._last_step = -1
+
+    def _emit(self, step: int) -> None:
+        print(tick_line(step, self.total), file=self.out or sys.stdout, flush=True)
+        self._last_time = time.monotonic()
+        self._last_step = step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._emit(trainer.global_step)  # a resumed run starts part-way
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or step == self._last_step:
+            return
+        if step >= self.total or time.monotonic() - self._last_time >= self.every_seconds:
+            self._emit(step)
