@@ -22,7 +22,7 @@ def role_tokenizer(vocab_size: int = 400) -> Tokenizer:
     return train_bpe(iter([texts]), TokenizerConfig(vocab_size=vocab_size), len(texts))
 
 
-def model_folder(folder: Path, tokenizer: Tokenizer, seed: int = 0, block_size: int = 96) -> Path:
+def model_folder(folder: Path, tokenizer: Tokenizer, seed: int = 0, block_size: int = 256) -> Path:
     return save_tiny_model(folder, tokenizer, seed=seed, block_size=block_size)
 
 

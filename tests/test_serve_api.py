@@ -155,7 +155,7 @@ def test_streaming_sends_what_a_plain_request_answers(client):
     [
         ({"model": "no-such-model"}, 404, "model", "model_not_found"),
         ({"max_tokens": 5000}, 400, "prompt", "context_length_exceeded"),
-        ({"prompt": "word " * 200}, 400, "prompt", "context_length_exceeded"),
+        ({"prompt": "word " * 600}, 400, "prompt", "context_length_exceeded"),
         ({"temperature": 3}, 400, "temperature", None),
         ({"n": 0}, 400, "n", None),
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
