@@ -26,6 +26,7 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
 from flows.execution import close_task_runner, open_task_runner, run_on, stage_executor
+from flows.lineage import publish_lineage, record_registration, record_stage
 from flows.ui import (
     TrainingProgress,
     describe_model_version,
@@ -231,10 +232,12 @@ def pipeline_flow(
     tracker.log_params(parent_id, config.model_dump(mode="json", exclude={"tracking"}))
     tracker.log_dict(parent_id, config.model_dump(mode="json", exclude={"tracking"}), "config.json")
     results: dict[str, Any] = {}
+    lineages = []  # what each stage read and wrote: MLflow datasets, Prefect assets
     task_runner = open_task_runner(config.execution)  # a DaskTaskRunner, or None
     try:
         for planned in stages:
             results[planned.name] = _run_planned(planned, config, tracker, parent_id, task_runner)
+            lineages.append(record_stage(tracker, planned, config, results[planned.name]))
             logger.info(
                 "%s: %s (%s)",
                 planned.name,
@@ -275,6 +278,8 @@ def pipeline_flow(
     registered = (results.get("register") or {}).get("registered")
     if registered and not results["register"]["cached"]:
         describe_model_version(tracker, registered, config.register.mode)
+        record_registration(tracker, parent_id, results, [x for x in lineages if x])
+    publish_lineage([x for x in lineages if x])
     with tempfile.TemporaryDirectory() as scratch:
         log_run_plots(tracker, parent_id, results, Path(scratch))
     for name in ("evaluate", "register"):
