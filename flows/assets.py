@@ -47,11 +47,16 @@ def _description(ref: DataRef) -> str:
     return f"llmpipe {ref.kind} (digest {ref.digest}){': ' + shown if shown else ''}"
 
 
+def _title(ref: DataRef) -> str:
+    """The name with a short digest (unless the name holds it already: `model v3`)."""
+    return ref.name if ref.digest in ref.name.split() else f"{ref.name} {ref.digest[:8]}"
+
+
 def stage_asset(ref: DataRef, url: str | None = None) -> Asset:
     return Asset(
         key=asset_key(ref.uri),
         properties=AssetProperties(
-            name=f"{ref.name} {ref.digest[:8]}".strip(),
+            name=_title(ref),
             description=_description(ref)[:2500],
             url=url,
         ),
@@ -87,6 +92,7 @@ def materialize_stage(
         asset_deps=deps,
         by="llmpipe",
         name=f"{lineage.stage} assets",
+        task_run_name=f"{lineage.stage} assets",
         cache_policy=NO_CACHE,  # each materialization is an event, never a cached result
         persist_result=False,
     )
@@ -102,13 +108,17 @@ def _node(ref: DataRef) -> str:
 
 
 def _label(ref: DataRef) -> str:
-    counts = [
-        f"{v:,} {k.replace('_', ' ')}"
-        for k, v in ref.profile.items()
-        if isinstance(v, int) and not isinstance(v, bool) and k != "bytes"
-    ][:2]
-    text = "<br/>".join([ref.name, *counts, ref.digest[:12]])
-    return text.replace('"', "#quot;")
+    """Name, two counts (942 documents, val_bpb 1.234) and the short digest."""
+    counts = []
+    for key, value in ref.profile.items():
+        if isinstance(value, bool) or key in ("bytes", "files"):
+            continue
+        if isinstance(value, int):
+            counts.append(f"{value:,} {key.replace('_', ' ')}")
+        elif isinstance(value, float):
+            counts.append(f"{key} {value:.4g}")
+    digest = [] if ref.digest in ref.name.split() else [ref.digest[:12]]
+    return "<br/>".join([ref.name, *counts[:2], *digest]).replace('"', "#quot;")
 
 
 def lineage_markdown(lineages: list[StageLineage]) -> str:
@@ -124,7 +134,7 @@ def lineage_markdown(lineages: list[StageLineage]) -> str:
                 edges.append((_node(read), lineage.stage, _node(ref)))
     shape = {"source": ("[(", ")]"), "task files": ("[(", ")]"), "model": ("[[", "]]")}
     shape["registered model"] = ("{{", "}}")
-    lines = ["flowchart LR"]
+    lines = ["flowchart TB"]
     for node, ref in refs.items():
         left, right = shape.get(ref.kind, ("[", "]"))
         lines.append(f'  {node}{left}"{_label(ref)}"{right}')

@@ -87,6 +87,10 @@ def record_registration(
             version_url=mlflow_model_url(
                 tracker.tracking_uri, registered["model_name"], registered["version"]
             ),
+            run_url=lambda run_id: mlflow_run_url(
+                tracker.tracking_uri, tracker.experiment_id, run_id
+            ),
+            trained_by=model_stage,
         )
     except Exception as exc:
         get_run_logger().warning("register: the logged model's links not recorded: %r", exc)

@@ -60,7 +60,7 @@ def test_lineage_markdown_draws_every_edge():
             StageLineage("register", ((docs, "input"),), (model,)),
         ]
     )
-    assert "```mermaid" in text and "flowchart LR" in text
+    assert "```mermaid" in text and "flowchart TB" in text
     assert text.count("-->|ingest|") == 1 and text.count("-->|register|") == 1
     assert '"source a<br/>5 documents<br/>d0"' in text
     assert "`mlflow://local/models/m/1`" in text
@@ -141,6 +141,8 @@ def test_the_registered_version_is_a_logged_model_tied_to_runs_metrics_and_datas
     training_run = first["stages"]["pretrain"]["mlflow_run_id"]
     assert model.tags["llmpipe.training_run_id"] == training_run
     assert model.tags["llmpipe.pipeline_run_id"] == first["mlflow_run_id"]
+    description = model.tags["mlflow.note.content"]  # the model page's description
+    assert f"Trained in the pretrain run `{training_run[:8]}`" in description
     assert model.tags["llmpipe.shards_fingerprint"] == first["stages"]["shards"]["fingerprint"]
     assert model.params["model.n_layer"] == "2" and model.params["train.max_steps"] == "10"
     metrics = {m.key: m for m in model.metrics}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,8 @@ def link_registered_model(
     model_config: dict[str, Any],
     tags: dict[str, str],
     version_url: str | None = None,
+    run_url: Callable[[str], str | None] = lambda run_id: None,
+    trained_by: str = "pretrain",
 ) -> str | None:
     """Tie the registered version's LoggedModel to its runs, metrics and datasets; returns its
     model id (None where the registry keeps no LoggedModel for it)."""
@@ -365,9 +368,27 @@ def link_registered_model(
     model_id = logged_model_id(client.get_model_version(name, number))
     if not model_id:
         return None
+
+    def shown(text: str, url: str | None) -> str:
+        return f"[{text}]({url})" if url else f"`{text}`"
+
+    description = (
+        f"{shown(f'{name} version {number}', version_url)}, registered by the pipeline run "
+        f"{shown(parent_run_id[:8], run_url(parent_run_id))}. "
+        + (
+            f"Trained in the {trained_by} run "
+            f"{shown(training_run_id[:8], run_url(training_run_id))}; "
+            if training_run_id
+            else ""
+        )
+        + "its metrics were measured in the evaluate run"
+        + (f" {shown(evaluate_run_id[:8], run_url(evaluate_run_id))}" if evaluate_run_id else "")
+        + ", each on the dataset shown beside it."
+    )
     client.set_logged_model_tags(
         model_id,
         {
+            "mlflow.note.content": description,  # the model page's description
             **tags,
             "llmpipe.registered_version": f"{name}/{number}",
             "llmpipe.pipeline_run_id": parent_run_id,
