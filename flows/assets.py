@@ -1,18 +1,19 @@
 """Stage outputs as Prefect assets, and the run's lineage drawn as a graph.
 
-In: a `StageLineage` (pipeline/tracking/lineage.py: what a stage read and wrote, with stable
-URIs). Out:
+In: a planned stage (pipeline/dag.py) and the config; after it ran, its manifest. Out:
 
-- `materialize_stage()`: a `@materialize` task run per stage that produced something: its
-  outputs are the assets (key `file://<workdir>/<stage>/<fingerprint>`, or
-  `mlflow://.../models/NAME/VERSION` for the registered version), what it read are their
-  `asset_deps` (upstream stage outputs, source files, task files), and the profile (documents,
-  tokens, files, fingerprint, MLflow run) is the materialization's metadata. From these events
-  Prefect Cloud draws the asset graph from the source files to the registered model. A stage
-  reused from an earlier run materializes nothing: its asset is the one that run made.
+- `materializing()`: the stage's Prefect task as a `@materialize` task of the stage's outputs,
+  whose keys are known before it runs: `file://<workdir>/<stage>/<fingerprint>` (and, for a
+  fine-tune, its examples), or `mlflow://<store>/models/NAME` for the registered model (each
+  registration materializes a new version of it). What the stage reads (upstream stage outputs,
+  source files, task files) are its `asset_deps`. Inside the task, `add_stage_metadata()` adds
+  what it wrote (documents, tokens, files, digest, version, MLflow run) to the materialization.
+  From these events Prefect Cloud draws the asset graph from the source files to the registered
+  model. A stage reused from an earlier run (Cached) materializes nothing: its asset is the one
+  that run made.
 - `lineage_markdown()`: the same graph as a mermaid flowchart plus a table of the assets, for
   the flow run's `llmpipe-lineage` artifact (the open-source Prefect server keeps the asset
-  events in its event feed but has no asset graph page; its UI draws mermaid in artifacts).
+  events in its event feed but has no asset graph page; its newer UI draws mermaid).
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ import hashlib
 import re
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
-from prefect.cache_policies import NO_CACHE
+from prefect.context import AssetContext
+from prefect.tasks import Task
 
-from pipeline.tracking.lineage import DataRef, StageLineage
+from pipeline.config import PipelineConfig
+from pipeline.dag import PlannedStage
+from pipeline.tracking.lineage import DataRef, StageLineage, stage_lineage
 
 # Characters Prefect refuses in asset keys (prefect.types.names.RESTRICTED_ASSET_CHARACTERS).
 _RESTRICTED = re.compile(r"[\s#?&%\"'<>\[\]{}|\\^`]")
@@ -42,14 +47,11 @@ def asset_key(uri: str) -> str:
     return key
 
 
-def _description(ref: DataRef) -> str:
-    shown = ", ".join(f"{k} {v}" for k, v in ref.profile.items() if not isinstance(v, dict))
-    return f"llmpipe {ref.kind} (digest {ref.digest}){': ' + shown if shown else ''}"
-
-
 def _title(ref: DataRef) -> str:
-    """The name with a short digest (unless the name holds it already: `model v3`)."""
-    return ref.name if ref.digest in ref.name.split() else f"{ref.name} {ref.digest[:8]}"
+    """The name with a short digest (unless it has none, or the name holds it: `model v3`)."""
+    if not ref.digest or ref.digest in ref.name.split():
+        return ref.name
+    return f"{ref.name} {ref.digest[:8]}"
 
 
 def stage_asset(ref: DataRef, url: str | None = None) -> Asset:
@@ -57,7 +59,7 @@ def stage_asset(ref: DataRef, url: str | None = None) -> Asset:
         key=asset_key(ref.uri),
         properties=AssetProperties(
             name=_title(ref),
-            description=_description(ref)[:2500],
+            description=f"llmpipe {ref.kind}" + (f", digest {ref.digest}" if ref.digest else ""),
             url=url,
         ),
     )
@@ -71,36 +73,61 @@ def _dependency(ref: DataRef) -> Asset:
     return Asset(key=asset_key(ref.uri))
 
 
-def _metadata(ref: DataRef, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": ref.kind, "uri": ref.uri, "digest": ref.digest, **ref.profile, **extra}
+def _lineage(
+    planned: PlannedStage,
+    config: PipelineConfig,
+    tracking_uri: str | None,
+    manifest: dict[str, Any],
+) -> StageLineage:
+    upstream = {name: up.path for name, up in planned.upstream.items()}
+    return stage_lineage(
+        planned.name, planned.output.path, upstream, config, manifest, tracking_uri
+    )
 
 
-def materialize_stage(
-    lineage: StageLineage, url: str | None = None, extra: dict[str, Any] | None = None
-) -> None:
-    """Emit the stage's asset materializations (see the module docstring)."""
+def materializing(
+    task: Task,
+    options: dict[str, Any],
+    planned: PlannedStage,
+    config: PipelineConfig,
+    tracking_uri: str | None,
+    url: str | None = None,
+) -> Task:
+    """`task` (made with `options`) as the `@materialize` task of the stage's outputs."""
+    try:
+        lineage = _lineage(planned, config, tracking_uri, {})  # the keys; the counts come after
+    except Exception as exc:  # lineage is a record beside the results: never stops a stage
+        get_run_logger().warning("%s: no Prefect assets: %r", planned.name, exc)
+        return task
     if not lineage.writes:
-        return
+        return task
     assets = [stage_asset(ref, url) for ref in lineage.writes]
     deps = list({_dependency(ref).key: _dependency(ref) for ref, _ in lineage.reads}.values())
-    metadata = {
-        a.key: _metadata(ref, extra or {}) for a, ref in zip(assets, lineage.writes, strict=True)
-    }
+    return materialize(*assets, asset_deps=deps, by="llmpipe", name=task.name, **options)(task.fn)
 
-    @materialize(
-        *assets,
-        asset_deps=deps,
-        by="llmpipe",
-        name=f"{lineage.stage} assets",
-        task_run_name=f"{lineage.stage} assets",
-        cache_policy=NO_CACHE,  # each materialization is an event, never a cached result
-        persist_result=False,
-    )
-    def record() -> None:
-        for asset in assets:
-            add_asset_metadata(asset, metadata[asset.key])
 
-    record()
+def add_stage_metadata(
+    planned: PlannedStage,
+    config: PipelineConfig,
+    manifest: dict[str, Any],
+    tracking_uri: str | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """In the stage's task, after the stage: what it wrote, as its assets' metadata."""
+    context = AssetContext.get()
+    if context is None or not context.downstream_assets:
+        return  # not a materializing task run
+    keys = {asset.key for asset in context.downstream_assets}
+    try:
+        writes = _lineage(planned, config, tracking_uri, manifest).writes
+    except Exception as exc:
+        get_run_logger().warning("%s: no asset metadata: %r", planned.name, exc)
+        return
+    for ref in writes:
+        key = asset_key(ref.uri)
+        if key in keys:
+            metadata = {"kind": ref.kind, "uri": ref.uri, "digest": ref.digest, **ref.profile}
+            add_asset_metadata(key, {**metadata, **(extra or {})})
 
 
 def _node(ref: DataRef) -> str:
@@ -117,7 +144,7 @@ def _label(ref: DataRef) -> str:
             counts.append(f"{value:,} {key.replace('_', ' ')}")
         elif isinstance(value, float):
             counts.append(f"{key} {value:.4g}")
-    digest = [] if ref.digest in ref.name.split() else [ref.digest[:12]]
+    digest = [] if not ref.digest or ref.digest in ref.name.split() else [ref.digest[:12]]
     return "<br/>".join([ref.name, *counts[:2], *digest]).replace('"', "#quot;")
 
 

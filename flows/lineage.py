@@ -4,8 +4,8 @@ In: each finished stage (its plan, the flow's result for it, the config), then t
 version. Out:
 
 - `record_stage()`: the stage's datasets on its MLflow run (every run of the stage, reused or
-  not) and, when it produced something, its Prefect asset materialization; returns the
-  `StageLineage` for the rest of the run.
+  not); returns the `StageLineage` for the rest of the run. (The stage's task materializes its
+  Prefect assets itself: flows/assets.py.)
 - `record_registration()`: the registered version's LoggedModel tied to its training run, eval
   metrics and datasets, and to the pipeline's run (pipeline/tracking/lineage.py).
 - `publish_lineage()`: the `llmpipe-lineage` artifact (flows/assets.py).
@@ -21,7 +21,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.assets import lineage_markdown, materialize_stage
+from flows.assets import lineage_markdown
 from flows.ui import mlflow_model_url, mlflow_run_url
 from pipeline.config import PipelineConfig
 from pipeline.dag import PlannedStage
@@ -46,11 +46,7 @@ def record_stage(
             result,
             tracker.tracking_uri,
         )
-        run_id = result["stage_run_id"]
-        log_stage_datasets(tracker.client, run_id, lineage)
-        if not result.get("cached"):
-            url = mlflow_run_url(tracker.tracking_uri, tracker.experiment_id, run_id)
-            materialize_stage(lineage, url, {"mlflow_run_id": run_id})
+        log_stage_datasets(tracker.client, result["stage_run_id"], lineage)
         return lineage
     except Exception as exc:  # a record, not a result: warn and go on
         get_run_logger().warning("%s: lineage not recorded: %r", planned.name, exc)

@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
+from flows.assets import add_stage_metadata, materializing
 from flows.execution import close_task_runner, open_task_runner, run_on, stage_executor
 from flows.lineage import publish_lineage, record_registration, record_stage
 from flows.ui import (
@@ -58,12 +59,15 @@ def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     return f"llmpipe-{parameters['stage']}-{parameters['fingerprint']}-{workdir}"
 
 
-@task(
-    cache_key_fn=_stage_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    task_run_name="{stage}",
-)
+STAGE_TASK_OPTIONS: dict[str, Any] = {
+    "cache_key_fn": _stage_cache_key,
+    "persist_result": True,
+    "result_serializer": "json",
+    "task_run_name": "{stage}",
+}
+
+
+@task(**STAGE_TASK_OPTIONS)
 def stage_task(
     stage: str,
     fingerprint: str,
@@ -87,6 +91,7 @@ def stage_task(
             planned, parsed, tracking_uri, mlflow_run_id, log=progress, executor=executor
         )
     progress.finish()
+    add_stage_metadata(planned, parsed, manifest, tracking_uri, {"mlflow_run_id": mlflow_run_id})
     return {**manifest, "mlflow_run_id": manifest.get("mlflow_run_id", mlflow_run_id)}
 
 
@@ -148,7 +153,9 @@ def _run_planned(
     )
     tracker.log_params(run_id, planned.config)
     complete = planned.output.complete()
-    task = stage_task.with_options(
+    url = mlflow_run_url(tracker.tracking_uri, tracker.experiment_id, run_id)
+    task = materializing(stage_task, STAGE_TASK_OPTIONS, planned, config, tracker.tracking_uri, url)
+    task = task.with_options(  # the stage's outputs are its Prefect assets (flows/assets.py)
         refresh_cache=not complete, retries=RETRIES.get(planned.name, 0), retry_delay_seconds=5
     )
     parameters = dict(

@@ -45,15 +45,20 @@ def test_asset_keys_are_valid_prefect_keys():
     assert len(long) <= 512 and long != asset_key("s3://bucket/" + "x" * 601)
     registered = registered_ref(
         "http://user:pw@mlflow.internal:5000",
+        "m",
         {"model_name": "m", "version": 3, "metric": "val_bpb", "value": 1.5, "promoted": True},
     )
-    assert registered.uri == "mlflow://mlflow.internal:5000/models/m/3"  # no credentials
+    assert registered.uri == "mlflow://mlflow.internal:5000/models/m"  # no credentials
+    assert (registered.name, registered.digest) == ("m v3", "v3")  # a version of the asset
+    assert (
+        registered_ref("sqlite:////w/mlflow.db", "m").uri == "mlflow://sqlite/w/mlflow.db/models/m"
+    )
 
 
 def test_lineage_markdown_draws_every_edge():
     source = DataRef("source a", "file:///data/a.jsonl", "d0", "source", {"documents": 5})
     docs = DataRef("ingest documents", "file:///w/ingest/f1", "f1", "documents", {"documents": 5})
-    model = DataRef("m v1", "mlflow://local/models/m/1", "v1", "registered model")
+    model = DataRef("m v1", "mlflow://local/models/m", "v1", "registered model")
     text = lineage_markdown(
         [
             StageLineage("ingest", ((source, "source"),), (docs,)),
@@ -63,7 +68,7 @@ def test_lineage_markdown_draws_every_edge():
     assert "```mermaid" in text and "flowchart TB" in text
     assert text.count("-->|ingest|") == 1 and text.count("-->|register|") == 1
     assert '"source a<br/>5 documents<br/>d0"' in text
-    assert "`mlflow://local/models/m/1`" in text
+    assert "`mlflow://local/models/m`" in text and '{{"m v1"}}' in text
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +201,17 @@ def test_prefect_assets_run_from_the_sources_to_the_registered_model(runs):
     by_key = {e.resource.id: e for e in events}
     output = {name: asset_key(Path(r["output"]).as_uri()) for name, r in stages.items()}
     registered = [k for k in by_key if k.startswith("mlflow://")]
-    assert registered == [next(k for k in by_key if k.endswith("/models/lineage-gpt/1"))]
+    assert len(registered) == 1 and registered[0].endswith("/models/lineage-gpt")
+    assert by_key[registered[0]].payload["version"] == "1"
+    assert by_key[registered[0]].resource["prefect.resource.name"] == "lineage-gpt"
     for name in (*DATA, "pretrain", "evaluate"):
         assert output[name] in by_key, name
         event = by_key[output[name]]
         assert event.event == "prefect.asset.materialization.succeeded"
         assert event.payload["digest"] == stages[name]["fingerprint"]
+        assert event.payload["mlflow_run_id"]  # the stage's MLflow run
+        [task_run] = [r for r in event.related if r.role == "task-run"]
+        assert task_run["prefect.resource.name"] == name  # materialized by the stage's own task
 
     def upstream(key: str) -> set[str]:
         return {r.id for r in by_key[key].related if r.role == "asset"}

@@ -8,7 +8,9 @@ folders (their `_manifest.json`), the config (source, fine-tuning and eval files
   schema) for what the stage read (with a context: source, input, training, evaluation) and
   wrote. A stage output's URI is `file://<workdir>/<stage>/<fingerprint>` and its digest the
   fingerprint, so every run names one output the same way; sources and task files get a digest
-  of their files' names and sizes. Flows turn these into Prefect assets as well.
+  of their files' names and sizes; the registered model is `mlflow://<store>/models/NAME`, the
+  version in its digest. Before a stage runs its refs have the URIs and no counts yet. Flows
+  turn these into Prefect assets as well.
 - `log_stage_datasets()`: the refs as dataset inputs of the stage's MLflow run
   (`mlflow.data` datasets with source URI, digest, schema and a profile of row, token and file
   counts; the context tag says read or written), so its Datasets panel shows both.
@@ -219,8 +221,11 @@ def _task_refs(tasks: list[Any], base_dir: str, prefix: str) -> dict[str, DataRe
     return refs
 
 
-def registered_ref(tracking_uri: str | None, registered: dict[str, Any]) -> DataRef:
-    """The registered version as a URI: mlflow://<server or sqlite file>/models/NAME/VERSION."""
+def registered_ref(
+    tracking_uri: str | None, name: str, registered: dict[str, Any] | None = None
+) -> DataRef:
+    """The registered model as a URI, mlflow://<server or sqlite file>/models/NAME; `registered`
+    (the register stage's result) names the version this registration made."""
     from urllib.parse import urlsplit
 
     where = "local"
@@ -230,10 +235,12 @@ def registered_ref(tracking_uri: str | None, registered: dict[str, Any]) -> Data
             where = "sqlite" + parts.path.replace("//", "/")
         else:
             where = parts.netloc.split("@")[-1] or parts.scheme
-    name, version = registered["model_name"], str(registered["version"])
+    uri = f"mlflow://{where}/models/{name}"
+    if not registered:
+        return DataRef(name, uri, "", "registered model")
+    version = str(registered["version"])
     profile = {"version": version, "promoted": bool(registered.get("promoted"))}
     profile[registered["metric"]] = registered["value"]
-    uri = f"mlflow://{where}/models/{name}/{version}"
     return DataRef(f"{name} v{version}", uri, f"v{version}", "registered model", profile)
 
 
@@ -278,8 +285,9 @@ def stage_lineage(
     elif stage == "register":
         read("evaluate")
         read("finetune" if "finetune" in upstream else "pretrain", kinds=("model",))
-        if manifest.get("registered"):
-            writes = [registered_ref(tracking_uri, manifest["registered"])]
+        writes = [
+            registered_ref(tracking_uri, config.register.model_name, manifest.get("registered"))
+        ]
     return StageLineage(stage, tuple(reads), tuple(writes))
 
 
