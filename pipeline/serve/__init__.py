@@ -9,4 +9,5 @@ events for `stream: true`), `/healthz`, `POST /admin/reload` and a try-it page a
   protocol.py    the OpenAI request bodies, the chat template, OpenAI-shaped errors
   admission.py   a bounded queue in front of the generation threads (429 when full)
   app.py         the FastAPI application and `run_server`
+  page.py        the try-it page (page.html) and its presets
 """

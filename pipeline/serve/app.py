@@ -27,7 +27,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pipeline.serve.admission import Admission, QueueFull
 from pipeline.serve.generation import Choice, Sampling, generate
 from pipeline.serve.models import LoadedModel, ModelRef, ModelSet, ServedModel
+from pipeline.serve.page import PAGE, presets
 from pipeline.serve.protocol import (
     EOT,
     USER,
@@ -47,7 +47,6 @@ from pipeline.serve.protocol import (
 )
 
 log = logging.getLogger("llmpipe.serve")
-PAGE = Path(__file__).with_name("page.html")
 ADMIN_TOKEN_ENV = "LLMPIPE_SERVE_ADMIN_TOKEN"
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for completions
 
@@ -365,49 +364,6 @@ class Server:
                 401, "a valid admin token is needed (Authorization: Bearer ...)",
                 type="authentication_error", code="invalid_api_key",
             )  # fmt: skip
-
-
-def presets() -> list[dict[str, str]]:
-    """The page's tasks, written in the fine-tuning prompt formats (pipeline.finetune)."""
-    from pipeline.finetune.examples import DEFAULT_PROMPTS
-
-    samples = [
-        (
-            "Question answering",
-            "qa",
-            {
-                "context": "Botchan is a novel by Natsume Soseki, published in 1906. Its hero "
-                "is a young teacher from Tokyo sent to a school in Shikoku.",
-                "question": "Who wrote Botchan?",
-            },
-        ),
-        (
-            "Summarize",
-            "summarization",
-            {
-                "article": "The city council voted on Tuesday to extend the tram line to the "
-                "harbour. Work starts in spring and the first trams should run within two "
-                "years. Shop owners along the route asked for help during the building work."
-            },
-        ),
-        (
-            "Translate",
-            "translation",
-            {"source": "The weather is fine today.", "source_language": "English"}
-            | {"target_language": "French"},
-        ),
-        (
-            "Sentiment",
-            "classification",
-            {"text": "The film was a delight from start to finish: warm, funny and clever."},
-        ),
-    ]
-    rows = [
-        {"name": name, "task": task, "prompt": DEFAULT_PROMPTS[task].format(**fields)}
-        for name, task, fields in samples
-    ]
-    rows.append({"name": "Free text", "task": "text", "prompt": "The history of"})
-    return rows
 
 
 def create_app(server: Server) -> FastAPI:
