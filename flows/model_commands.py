@@ -6,6 +6,7 @@
   llmpipe import HF_DIR OUT_DIR         # a Hugging Face GPT-2 / Llama folder -> our model folder
   llmpipe models list [--name NAME] [--metrics]
   llmpipe models promote NAME VERSION [--alias champion] [--reason TEXT]
+  llmpipe serve-model MODEL [--host 127.0.0.1] [--port 8000] [--compare challenger] ...
 
 MODEL is a checkpoint folder or an MLflow model URI (`models:/NAME@champion`, `models:/NAME/3`).
 `eval` runs the tasks of the config's `evaluate` section (the defaults without `--config`);
@@ -179,6 +180,43 @@ def cmd_models(args: argparse.Namespace, tracking_uri: Callable[[argparse.Namesp
     return 0
 
 
+# ------------------------------------------------------------------------------ serve-model
+
+
+def cmd_serve_model(
+    args: argparse.Namespace, tracking_uri: Callable[[argparse.Namespace], str]
+) -> int:
+    from pipeline.serve.app import ADMIN_TOKEN_ENV, build_server, run_server
+
+    if args.compare is None:  # an alias is compared with @challenger by default
+        compare = (
+            ["challenger"] if "@" in args.model and not args.model.endswith("@challenger") else []
+        )
+    else:
+        compare = [a.strip() for a in args.compare.split(",") if a.strip() not in ("", "none")]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {args.host}: anyone who reaches this port can use the models "
+            "(the API has no authentication; put it behind a proxy with TLS and auth)"
+        )
+    server = build_server(
+        args.model,
+        tracking_uri(args),
+        compare,
+        concurrency=args.max_concurrency,
+        queue=args.max_queue,
+        poll_seconds=args.poll_seconds or None,
+        admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
+        device=args.device,
+        default_max_tokens=args.default_max_tokens,
+    )
+    for line in server.models.describe():
+        print(f"serving {line['id']} ({line['source']})")
+    print(f"  page http://{args.host}:{args.port}/   OpenAI API http://{args.host}:{args.port}/v1")
+    run_server(server, args.host, args.port)
+    return 0
+
+
 # ----------------------------------------------------------------------------------- parser
 
 
@@ -231,3 +269,35 @@ def add_model_commands(
     pro.add_argument("--alias", default="champion", help="the alias to move (default champion)")
     pro.add_argument("--reason", help="why; recorded in the version's tags")
     pro.set_defaults(func=bind(cmd_models))
+
+    sm = sub.add_parser(
+        "serve-model",
+        parents=[common],
+        help="serve a model over an OpenAI-compatible API, with a page to try it",
+    )
+    sm.add_argument("model", help="models:/NAME@champion, models:/NAME/VERSION or a folder")
+    sm.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sm.add_argument("--port", type=int, default=8000)
+    sm.add_argument(
+        "--compare",
+        help="other aliases to serve beside it, e.g. challenger (default: challenger for an "
+        "alias URI; 'none' for none)",
+    )
+    sm.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=30.0,
+        help="how often to check whether an alias moved (0: only at POST /admin/reload)",
+    )
+    sm.add_argument("--max-concurrency", type=int, default=2, help="generations at once")
+    sm.add_argument(
+        "--max-queue", type=int, default=16, help="requests that may wait; more get HTTP 429"
+    )
+    sm.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    sm.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=256,
+        help="chat completion length when a request sets none (capped by the context)",
+    )
+    sm.set_defaults(func=bind(cmd_serve_model))

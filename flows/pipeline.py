@@ -25,7 +25,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
+from flows.assets import add_stage_metadata, materializing
 from flows.execution import close_task_runner, open_task_runner, run_on, stage_executor
+from flows.lineage import publish_lineage, record_registration, record_stage
 from flows.ui import (
     StageProgress,
     describe_model_version,
@@ -58,12 +60,15 @@ def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     return f"llmpipe-{parameters['stage']}-{parameters['fingerprint']}-{workdir}"
 
 
-@task(
-    cache_key_fn=_stage_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    task_run_name="{stage}",
-)
+STAGE_TASK_OPTIONS: dict[str, Any] = {
+    "cache_key_fn": _stage_cache_key,
+    "persist_result": True,
+    "result_serializer": "json",
+    "task_run_name": "{stage}",
+}
+
+
+@task(**STAGE_TASK_OPTIONS)
 def stage_task(
     stage: str,
     fingerprint: str,
@@ -92,6 +97,7 @@ def stage_task(
             )
     finally:
         progress.finish()
+    add_stage_metadata(planned, parsed, manifest, tracking_uri, {"mlflow_run_id": mlflow_run_id})
     return {**manifest, "mlflow_run_id": manifest.get("mlflow_run_id", mlflow_run_id)}
 
 
@@ -176,7 +182,9 @@ def _run_stage_run(
 ) -> dict[str, Any]:
     tracker.log_params(run_id, planned.config)
     complete = planned.output.complete()
-    task = stage_task.with_options(
+    url = mlflow_run_url(tracker.tracking_uri, tracker.experiment_id, run_id)
+    task = materializing(stage_task, STAGE_TASK_OPTIONS, planned, config, tracker.tracking_uri, url)
+    task = task.with_options(  # the stage's outputs are its Prefect assets (flows/assets.py)
         refresh_cache=not complete, retries=RETRIES.get(planned.name, 0), retry_delay_seconds=5
     )
     parameters = dict(
@@ -236,10 +244,12 @@ def _run_stages(
     tracker.log_params(parent_id, config.model_dump(mode="json", exclude={"tracking"}))
     tracker.log_dict(parent_id, config.model_dump(mode="json", exclude={"tracking"}), "config.json")
     results: dict[str, Any] = {}
+    lineages = []  # what each stage read and wrote: MLflow datasets, Prefect assets
     task_runner = open_task_runner(config.execution)  # a DaskTaskRunner, or None
     try:
         for planned in stages:
             results[planned.name] = _run_planned(planned, config, tracker, parent_id, task_runner)
+            lineages.append(record_stage(tracker, planned, config, results[planned.name]))
             logger.info(
                 "%s: %s (%s)",
                 planned.name,
@@ -277,6 +287,8 @@ def _run_stages(
     registered = (results.get("register") or {}).get("registered")
     if registered and not results["register"]["cached"]:
         describe_model_version(tracker, registered, config.register.mode)
+        record_registration(tracker, parent_id, results, [x for x in lineages if x])
+    publish_lineage([x for x in lineages if x])
     with tempfile.TemporaryDirectory() as scratch:
         log_run_plots(tracker, parent_id, results, Path(scratch))
     for name in ("evaluate", "register"):  # the model's metrics, on the run a person opens

@@ -28,7 +28,7 @@ rotate-half convention of Hugging Face's Llama, so q/k weights export without pe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -339,6 +339,7 @@ class GPT(nn.Module):
         seed: int | None = None,
         use_cache: bool = True,
         repetition_penalty: float = 1.0,
+        on_token: Callable[[torch.Tensor], bool | None] | None = None,
     ) -> torch.Tensor:
         """Append up to `max_new_tokens` sampled ids to each row of idx (B, T); returns (B, T + n).
 
@@ -356,6 +357,9 @@ class GPT(nn.Module):
         The KV cache holds up to block_size positions; when it is full, the oldest quarter of
         the context is dropped and the cache is rebuilt from the rest (a sliding window that
         moves in jumps). `use_cache=False` recomputes the last block_size tokens every step.
+
+        `on_token`, when given, is called with each step's new ids (B,) as they are sampled (a
+        server streams them); when it returns True, generation stops there.
         """
         stops = ([eos_id] if eos_id is not None else []) + [int(s) for s in stop_ids]
         if generator is None and seed is not None:
@@ -391,6 +395,8 @@ class GPT(nn.Module):
                 next_id = torch.where(finished.unsqueeze(1), idx[:, -1:], next_id)
                 finished |= torch.isin(next_id.squeeze(1), stop_tensor)
             idx = torch.cat((idx, next_id), dim=1)
+            if on_token is not None and on_token(next_id.squeeze(1)):
+                break
             if stops and bool(finished.all()):
                 break
         return idx
