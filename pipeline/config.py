@@ -44,9 +44,13 @@ class Section(BaseModel):
 # ----------------------------------------------------------------------------------- sources
 
 
+_FOLLOW_LINKS = "read symlinks that lead out of the source's folder (skipped and counted if not)"
+
+
 class _RecordSource(Section):
     path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
     name: str | None = Field(None, description="label for counts; defaults to type:path")
+    follow_links: bool = Field(False, description=_FOLLOW_LINKS)
     text_field: str = "text"
     fields: dict[str, str] = Field(
         default_factory=dict,
@@ -97,6 +101,7 @@ class HfSource(_RecordSource):
 class _PageSource(Section):
     path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
     name: str | None = Field(None, description="label for counts; defaults to type:path")
+    follow_links: bool = Field(False, description=_FOLLOW_LINKS)
 
 
 class WarcSource(_PageSource):
