@@ -350,15 +350,22 @@ class HtmlExtractor:
             raise ExtractionFailed("page_too_large", f"{len(data):,} bytes > max_page_bytes")
         check_markup(data)
         html, encoding, replaced = decode_html(data, declared_charset)
+        limit = self.settings.timeout_seconds
+        started = time.monotonic()
         try:
-            with time_limit(self.settings.timeout_seconds):
+            with time_limit(limit):
                 page = self._extract_text(html)
         except _PageTimeout:
             raise ExtractionFailed(
-                "extraction_timeout",
-                f"extraction took longer than {self.settings.timeout_seconds} s",
+                "extraction_timeout", f"extraction took longer than {limit} s"
             ) from None
         except Exception as exc:  # any extractor bug on one odd page refuses that page only
+            if time.monotonic() - started > limit:
+                # The alarm landed where it was swallowed ("Exception ignored in ...") and
+                # left an extractor half-done: the page overran all the same.
+                raise ExtractionFailed(
+                    "extraction_timeout", f"extraction took longer than {limit} s"
+                ) from None
             raise ExtractionFailed("extraction_error", f"{type(exc).__name__}: {exc}") from None
         page.encoding, page.replaced_bytes = encoding, replaced
         if not page.text:

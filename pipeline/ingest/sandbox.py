@@ -279,6 +279,12 @@ def _serve(conn: _Duplex) -> None:
             return
         if op == "exit":
             return
+        started = time.monotonic()
+        timeout = (
+            "fail",
+            "extraction_timeout",
+            f"extraction took longer than {settings.timeout_seconds} s",
+        )
         try:
             if op == "extract":  # under its own time limit (extraction, not decoding)
                 result: Any = extractor.extract(*args)
@@ -294,11 +300,7 @@ def _serve(conn: _Duplex) -> None:
                         raise ValueError(f"unknown operation {op!r}")
             reply: tuple = ("ok", result)
         except html._PageTimeout:
-            reply = (
-                "fail",
-                "extraction_timeout",
-                f"extraction took longer than {settings.timeout_seconds} s",
-            )
+            reply = timeout
         except ExtractionFailed as exc:
             reply = ("fail", exc.reason, exc.detail)
         except MemoryError:
@@ -307,6 +309,8 @@ def _serve(conn: _Duplex) -> None:
             reply = ("fail", "too_deeply_nested", "the input is nested too deeply to parse")
         except Exception as exc:  # an extractor bug on one odd input refuses that input only
             reply = ("fail", "extraction_error", f"{type(exc).__name__}: {str(exc)[:300]}")
+            if time.monotonic() - started > settings.timeout_seconds:
+                reply = timeout  # the alarm broke the parser where it was swallowed
         conn.send(reply)
 
 
