@@ -77,12 +77,14 @@ OPTIONAL_SOURCE = added_later(
     description="a path that matches no file is skipped (and counted in ingest's quarantine) "
     "instead of being a config error",
 )
+_FOLLOW_LINKS = "read symlinks that lead out of the source's folder (skipped and counted if not)"
 
 
 class _RecordSource(Section):
     path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
     name: str | None = Field(None, description="label for counts; defaults to type:path")
     optional: bool = OPTIONAL_SOURCE
+    follow_links: bool = added_later(False, description=_FOLLOW_LINKS)
     text_field: str = "text"
     fields: dict[str, str] = Field(
         default_factory=dict,
@@ -134,6 +136,7 @@ class _PageSource(Section):
     path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
     name: str | None = Field(None, description="label for counts; defaults to type:path")
     optional: bool = OPTIONAL_SOURCE
+    follow_links: bool = added_later(False, description=_FOLLOW_LINKS)
 
 
 class WarcSource(_PageSource):

@@ -462,7 +462,7 @@ def _registry_identity(config: PipelineConfig, tracking_uri: str | None) -> list
 
 DATA = _pretrains  # the data stages feed pretraining only
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", 2, (), ("ingest",), _ingest, external=_ingest_inputs, enabled=DATA),
+    Stage("ingest", 3, (), ("ingest",), _ingest, external=_ingest_inputs, enabled=DATA),
     Stage("clean", 2, ("ingest",), ("clean",), _clean, enabled=DATA),
     Stage("dedup", 2, ("clean",), ("dedup",), _dedup, enabled=DATA),
     # Its own stage (not a phase of dedup): it depends on the evaluation files too, so a new

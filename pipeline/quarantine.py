@@ -34,7 +34,8 @@ class Quarantine:
         """`extra`: more fields of the entry (a decontamination match's eval set and example)."""
         self.counts[reason] += 1
         if self._handle is None:
-            self._handle = self.path.open("a", encoding="utf-8")
+            # A lone surrogate (from a JSON escape) is written as its escape, never a crash.
+            self._handle = self.path.open("a", encoding="utf-8", errors="backslashreplace")
         if record is not None and not isinstance(record, str):
             record = json.dumps(record, ensure_ascii=False, default=str)
         entry = {

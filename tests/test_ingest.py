@@ -293,8 +293,13 @@ def test_bad_inputs_are_counted_and_quarantined(tmp_path):
 
 
 def test_invalid_utf8_in_text_and_csv_sources_is_repaired(tmp_path):
-    (tmp_path / "t.txt").write_bytes(b"First paragraph, fine.\n\nSecond \xff\xfe one.\nMore.\n")
-    (tmp_path / "c.csv").write_bytes(b'text\nok row\n"bad \x80 row"\n')
+    # UTF-8 files (their other non-ASCII bytes are UTF-8) with a few invalid bytes: each bad
+    # line is decoded with U+FFFD and its document kept. (A file in another encoding is decoded
+    # in that encoding instead: tests/hostile.)
+    (tmp_path / "t.txt").write_bytes(
+        "First paragraph, fine — yes.\n\n".encode() + b"Second \xff\xfe one.\nMore.\n"
+    )
+    (tmp_path / "c.csv").write_bytes("text\nok row — yes\n".encode() + b'"bad \x80 row"\n')
     manifest, docs = ingest(
         tmp_path,
         [
@@ -304,9 +309,9 @@ def test_invalid_utf8_in_text_and_csv_sources_is_repaired(tmp_path):
         tmp_path,
     )
     assert [d["text"] for d in docs] == [
-        "First paragraph, fine.",
+        "First paragraph, fine — yes.",
         "Second \ufffd\ufffd one.\nMore.",
-        "ok row",
+        "ok row — yes",
         "bad \ufffd row",
     ]
     assert manifest["counts"]["repaired_invalid_utf8"] == 2

@@ -313,7 +313,8 @@ def test_every_bad_input_is_counted_and_quarantined(tmp_path):
     reasons = {e["reason"]: e for e in entries}
     assert set(reasons) == set(counts["quarantined_by_reason"]) | {"undecodable_bytes"}
     assert reasons["truncated_gzip"]["locator"].startswith("bad/cut.warc.gz")
-    assert reasons["corrupt_warc_record"]["locator"].startswith("bad/corrupt.warc after")
+    # the broken record itself (reading resumes at the next record, if any)
+    assert reasons["corrupt_warc_record"]["locator"] == "bad/corrupt.warc@8379"
     assert reasons["malformed_json"]["locator"] == "bad/lines.jsonl:2"
     assert reasons["no_extractable_text"]["locator"] == "bad/pages/empty.html"
     assert reasons["malformed_feed"]["locator"] == "bad/broken.rss"

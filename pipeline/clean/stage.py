@@ -95,7 +95,7 @@ def language_of(doc: dict[str, Any], meta: dict[str, Any]) -> tuple[str | None, 
 def _parse_meta(raw: str | None) -> dict[str, Any]:
     try:
         meta = json.loads(raw or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"meta": raw}
     return meta if isinstance(meta, dict) else {"meta": meta}
 

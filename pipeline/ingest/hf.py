@@ -46,18 +46,21 @@ def builder_for(name: str) -> str | None:
     return None
 
 
-def plan_hf(source: Any, base_dir: str | Path) -> tuple[str, list[tuple[str, Any]]] | ReadProblem:
-    """How a source is read: ("disk" | "hub", []) or ("files", [(name, file), ...])."""
+def plan_hf(
+    source: Any, base_dir: str | Path
+) -> tuple[str, list[tuple[str, Any]], list[Any]] | ReadProblem:
+    """How a source is read: ("disk" | "hub", [], []) or ("files", [(name, file), ...], the
+    entries its folder or glob passed over: files.Skipped)."""
     resolved = resolve_source_path(source.path, base_dir)
     if is_saved_dataset(Path(resolved)):
-        return "disk", []
+        return "disk", [], []
     local = Path(resolved)
     if local.exists() or any(ch in resolved for ch in "*?[") or "://" in resolved:
-        matched = match_source_files("hf", source.path, base_dir)
+        matched = match_source_files("hf", source.path, base_dir, source.follow_links)
         if matched.problem:
             return ReadProblem(matched.problem, source.path, f"{matched.detail} ({resolved})")
-        return "files", list(zip(matched.names, matched.files, strict=True))
-    return "hub", []
+        return "files", list(zip(matched.names, matched.files, strict=True)), matched.skipped
+    return "hub", [], []
 
 
 def _rows(dataset: Any) -> Iterator[dict[str, Any]]:

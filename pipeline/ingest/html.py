@@ -14,13 +14,19 @@ Extraction (`ExtractionConfig.extractor`):
 
 Title, author, publication date, canonical URL and the declared language come from the page's
 `<head>` (OpenGraph, article:*, JSON-LD, `<time>`, `<html lang>`), read with resiliparse for every
-extractor, so the columns do not depend on which extractor ran. Each page runs under a time
-limit (`timeout_seconds`); a slower page raises `ExtractionFailed("extraction_timeout")`.
+extractor, so the columns do not depend on which extractor ran.
+
+Untrusted pages: the ingest stage runs `HtmlExtractor` in a worker process (sandbox.py) whose
+calls have a hard wall-clock limit (`timeout_seconds`: the worker is killed and replaced), since
+a signal cannot interrupt the extractors' C code; in that process a SIGALRM `time_limit` ends
+slow Python code sooner. Before parsing, cheap checks refuse what would take the parsers minutes
+(`check_markup`: more than MAX_TAGS tags, markup nested deeper than MAX_NESTING) and bytes that
+are no text (`binary_file`).
 """
 
 from __future__ import annotations
 
-import codecs
+import operator
 import re
 import signal
 import threading
@@ -28,9 +34,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from itertools import accumulate, islice
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ExtractionConfig
+from pipeline.ingest.encoding import (
+    bom_codec,
+    charset_from_content_type,  # noqa: F401  (imported from here by older callers)
+    codec_name,
+    legacy_codec,
+    sniff_binary,
+    wide_codec,
+)
+
+if TYPE_CHECKING:
+    from pipeline.config import ExtractionConfig
 
 # What the fast path leaves out besides resiliparse's own main-content rules: figures and
 # their captions, page furniture, the headline (kept as the title column) and bylines.
@@ -48,6 +65,20 @@ FAST_SKIP_ELEMENTS = [
     '[id*="byline"]',
 ]
 SHORT_LINE_WORDS = 4
+# Pages that cost the parsers minutes: resiliparse's main-content pass is quadratic in nesting
+# depth (2,000 levels: 0.14 s; 10,000: 5 s; 100,000: over 10 min), trafilatura's fallback
+# near-linear in tags but slow (1.2 million tags: 115 s, 1.6 GB). Real pages stay far below
+# both (the deepest of the 216 benchmark pages: about 670 levels).
+MAX_TAGS = 200_000
+MAX_NESTING = 2_000
+# Start and end tags that nest (void elements and ones whose end tag is implied left out).
+_NESTING_TAG = re.compile(
+    rb"<(/?)(?!(?:area|base|br|col|embed|hr|img|input|link|meta|param|source|track|wbr|p|li"
+    rb"|dt|dd|tr|td|th|option|optgroup|thead|tbody|tfoot|colgroup|rp|rt|a|!|\?)\b)[a-z]",
+    re.I,
+)
+_STEP = {b"": 1, b"/": -1}
+NESTING_BLOCK = 16 * 1024
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _JSONLD_DATE = re.compile(r'"datePublished"\s*:\s*"([^"]{4,40})"')
@@ -78,43 +109,24 @@ class ExtractedPage:
 # -------------------------------------------------------------------------------- decoding
 
 
-def _codec(name: str | None) -> str | None:
-    if not name:
-        return None
-    name = name.strip().strip("\"'").lower()
-    # Browsers read latin-1 and ascii labels as windows-1252 (WHATWG Encoding Standard).
-    if name in ("iso-8859-1", "latin-1", "latin1", "us-ascii", "ascii"):
-        name = "cp1252"
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return None
-
-
-def charset_from_content_type(content_type: str | None) -> str | None:
-    if not content_type:
-        return None
-    match = re.search(r"charset\s*=\s*([^\s;]+)", content_type, re.I)
-    return match.group(1) if match else None
+_codec = codec_name  # the name older callers use
 
 
 def decode_html(data: bytes, declared: str | None = None) -> tuple[str, str, bool]:
     """(text, the codec used, whether undecodable bytes were replaced by U+FFFD)."""
-    for bom, codec in (
-        (codecs.BOM_UTF8, "utf-8-sig"),
-        (codecs.BOM_UTF16_LE, "utf-16"),
-        (codecs.BOM_UTF16_BE, "utf-16"),
-    ):
-        if data.startswith(bom):
-            return data.decode(codec, errors="replace"), codec, False
-    candidates = [_codec(declared)]
+    bom = bom_codec(data)
+    if bom:
+        codec = bom[0]
+        return data[bom[1] :].decode(codec, errors="replace"), codec, False
+    wide = wide_codec(data)
+    if wide:
+        return data.decode(wide, errors="replace"), wide, False
+    candidates = [codec_name(declared)]
     meta = _META_CHARSET.search(data[:4096])
     if meta:
-        candidates.append(_codec(meta.group(1).decode("ascii", "replace")))
+        candidates.append(codec_name(meta.group(1).decode("ascii", "replace")))
     candidates.append("utf-8")
-    from resiliparse.parse.encoding import detect_encoding
-
-    candidates.append(_codec(detect_encoding(data[:65536])))
+    candidates.append(legacy_codec(data[:65536]))
     seen = []
     for codec in candidates:
         if codec and codec not in seen:
@@ -125,6 +137,49 @@ def decode_html(data: bytes, declared: str | None = None) -> tuple[str, str, boo
                 continue
     first = seen[0] if seen else "utf-8"
     return data.decode(first, errors="replace"), first, True
+
+
+def nesting_depth(data: bytes) -> int:
+    """How deep the markup nests, estimated from its tags (end tags that close nothing do not
+    count against later start tags, as a parser ignores them)."""
+    steps = list(accumulate(map(_STEP.__getitem__, _NESTING_TAG.findall(data))))
+    if not steps:
+        return 0
+    floors = islice(accumulate(steps, min, initial=0), 1, None)
+    return max(map(operator.sub, steps, floors))
+
+
+def _may_nest_deeply(data: bytes) -> bool:
+    """A bound on the nesting, from counts of start and end tags per block of the page (at the
+    speed of bytes.count): False when the page cannot nest deeper than MAX_NESTING, as most
+    pages cannot; True when `nesting_depth` has to look closer."""
+    depth = 0
+    for start in range(0, len(data), NESTING_BLOCK):
+        end = start + NESTING_BLOCK
+        closes = data.count(b"</", start, end)
+        opens = data.count(b"<", start, end) - closes
+        if depth + opens > MAX_NESTING:
+            return True
+        depth = max(0, depth + opens - closes)
+    return False
+
+
+def check_markup(data: bytes) -> None:
+    """Refuse, before any parser sees it, a page that is binary or that would take the
+    parsers minutes (ExtractionFailed). Cheap, not complete: the worker's hard time limit
+    stops what gets past it."""
+    binary = sniff_binary(data)
+    if binary:
+        raise ExtractionFailed("binary_file", f"not text: {binary}")
+    tags = data.count(b"<")
+    if tags > MAX_TAGS:
+        raise ExtractionFailed("too_many_tags", f"{tags:,} tags (over {MAX_TAGS:,})")
+    if tags > MAX_NESTING and _may_nest_deeply(data):
+        depth = nesting_depth(data)
+        if depth > MAX_NESTING:
+            raise ExtractionFailed(
+                "too_deeply_nested", f"markup nested about {depth:,} deep (over {MAX_NESTING:,})"
+            )
 
 
 # ------------------------------------------------------------------------------ time limit
@@ -293,16 +348,24 @@ class HtmlExtractor:
         """Main text and metadata of one page, or `ExtractionFailed` with the reason."""
         if len(data) > self.settings.max_page_bytes:
             raise ExtractionFailed("page_too_large", f"{len(data):,} bytes > max_page_bytes")
+        check_markup(data)
         html, encoding, replaced = decode_html(data, declared_charset)
+        limit = self.settings.timeout_seconds
+        started = time.monotonic()
         try:
-            with time_limit(self.settings.timeout_seconds):
+            with time_limit(limit):
                 page = self._extract_text(html)
         except _PageTimeout:
             raise ExtractionFailed(
-                "extraction_timeout",
-                f"extraction took longer than {self.settings.timeout_seconds} s",
+                "extraction_timeout", f"extraction took longer than {limit} s"
             ) from None
         except Exception as exc:  # any extractor bug on one odd page refuses that page only
+            if time.monotonic() - started > limit:
+                # The alarm landed where it was swallowed ("Exception ignored in ...") and
+                # left an extractor half-done: the page overran all the same.
+                raise ExtractionFailed(
+                    "extraction_timeout", f"extraction took longer than {limit} s"
+                ) from None
             raise ExtractionFailed("extraction_error", f"{type(exc).__name__}: {exc}") from None
         page.encoding, page.replaced_bytes = encoding, replaced
         if not page.text:
@@ -332,4 +395,15 @@ def fragment_text(html: str) -> str:
 
     if "<" not in html:
         return _tidy(html)
+    if html.count("<") > MAX_TAGS:
+        raise ExtractionFailed("too_many_tags", f"a fragment of over {MAX_TAGS:,} tags")
     return _tidy(extract_plain_text(html, main_content=False, alt_texts=False, links=False))
+
+
+def page_canonical_url(data: bytes) -> str | None:
+    """The canonical URL a saved page declares (for joining feed items with their pages)."""
+    from resiliparse.parse.html import HTMLTree
+
+    check_markup(data)
+    html, _, _ = decode_html(data)
+    return page_metadata(HTMLTree.parse(html), html)["canonical_url"]

@@ -11,21 +11,22 @@
 
 Every document gets a language from `langid.py` (unless its source mapped a `lang` field), the
 score in `meta.lang_score`. HTML (WARC responses, html files, feed items joined with their page)
-goes through `html.py`. Nothing is dropped silently: what cannot become a document is in the
-quarantine with its reason, and the manifest counts it by reason and by source. Some problems are
-repaired instead of refused (invalid UTF-8 replaced by U+FFFD, a feed whose broken XML was
-recovered): they are logged in the quarantine too and counted as `repaired_by_reason`.
+goes through `html.py`, in the extraction worker process of `sandbox.py`, which has a hard
+wall-clock limit per page. Nothing is dropped silently: what cannot become a document is in the
+quarantine with its reason and a bounded excerpt (EXCERPT_CHARS, never a whole record), and the
+manifest counts it by reason and by source; so are the entries a source's listing skipped
+(symlink loops, links out of its root, FIFOs). Some problems are repaired instead of refused
+(invalid UTF-8 replaced by U+FFFD, NUL characters and lone surrogates removed, a feed whose
+broken XML was recovered): they are logged in the quarantine too and counted as
+`repaired_by_reason`.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
+import re
 import shutil
-import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,18 @@ import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
 from pipeline.documents import ShardWriter, document_id, make_document, shard_paths
+from pipeline.ingest.files import EXCERPT_CHARS
 from pipeline.ingest.readers import RawRecord, ReadProblem, read_source_file
 from pipeline.ingest.units import WEB_TYPES, Unit, plan_units
 from pipeline.parallel import Executor, SerialExecutor
 from pipeline.quarantine import QUARANTINE_FILE, Quarantine
 
 # Quarantine entries that note a repair of a kept document rather than a refusal.
-REPAIR_REASONS = frozenset({"invalid_utf8", "undecodable_bytes", "malformed_feed_recovered"})
+REPAIR_REASONS = frozenset(
+    {"invalid_utf8", "undecodable_bytes", "malformed_feed_recovered", "invalid_characters"}
+)
+MAX_RECORD_DEPTH = 64  # a record nested deeper is refused (later stages parse its meta)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAPPABLE_COLUMNS = ("id", "url", "title", "published", "lang")
 EXAMPLE_CHARS = 300
 MAX_EXAMPLES = 6
@@ -67,6 +73,13 @@ def record_to_document(
 ) -> tuple[dict[str, Any] | None, ReadProblem | None]:
     """A document from a record, or the problem that keeps it from being one."""
     fields = record.fields
+    if _too_deep(fields, MAX_RECORD_DEPTH):
+        return None, ReadProblem(
+            "too_deeply_nested",
+            record.locator,
+            f"the record nests deeper than {MAX_RECORD_DEPTH} levels",
+            record.raw,
+        )
     text = fields.get(source.text_field)
     if text is None:
         present = ", ".join(sorted(map(str, fields))[:20])
@@ -116,13 +129,41 @@ def record_to_document(
     return doc, None
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether dicts and lists nest more than `limit` levels (an iterative walk)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
+
+
 def _record_for_quarantine(item: RawRecord | ReadProblem) -> Any:
+    """A bounded excerpt of a refused record, never the whole of it."""
     if item.raw is not None:
-        return item.raw
+        return item.raw[:EXCERPT_CHARS]
     if isinstance(item, RawRecord):
-        # Parquet and text records have no raw line: keep a bounded view of the fields.
-        return {k: (v[:500] if isinstance(v, str) else v) for k, v in item.fields.items()}
+        # Parquet and text records have no raw line: an excerpt of its text field.
+        text = json.dumps(item.fields, ensure_ascii=False, default=str)[:EXCERPT_CHARS]
+        return text
     return None
+
+
+def _valid_text(value: str) -> tuple[str, int, int]:
+    """A string without NUL characters and lone surrogates (which Parquet cannot store): the
+    text, the NULs removed, the surrogates replaced by U+FFFD."""
+    if value.isascii() and "\x00" not in value:
+        return value, 0, 0
+    nuls = value.count("\x00")
+    if nuls:
+        value = value.replace("\x00", "")
+    value, surrogates = _SURROGATE.subn("\ufffd", value)
+    return value, nuls, surrogates
 
 
 # ------------------------------------------------------------------------------ one unit
@@ -159,12 +200,15 @@ class _UnitSink:
         self.example: dict[str, Any] | None = None
 
     def refuse(self, problem: ReadProblem, record: Any = None) -> None:
+        record = record if record is not None else problem.raw
+        if isinstance(record, str):
+            record = record[:EXCERPT_CHARS]
         self.quarantine.add(
             problem.reason,
             source=self.name,
             locator=problem.locator,
             detail=problem.detail,
-            record=record if record is not None else problem.raw,
+            record=record,
         )
         self.counts["quarantined"] += 1
 
@@ -173,6 +217,24 @@ class _UnitSink:
         self.counts[f"repaired:{reason}"] += 1
 
     def accept(self, doc: dict[str, Any]) -> None:
+        nuls = surrogates = 0
+        for column in ("text", "url", "title", "published", "lang", "meta"):
+            if isinstance(doc[column], str):
+                doc[column], n, m = _valid_text(doc[column])
+                nuls, surrogates = nuls + n, surrogates + m
+        if nuls or surrogates:
+            meta = json.loads(doc["meta"])
+            self.repair(
+                "invalid_characters",
+                meta.get("_locator", ""),
+                f"{nuls} NUL characters removed, {surrogates} lone surrogates replaced by "
+                f"U+FFFD; kept as document {doc['id']}",
+            )
+        if not doc["text"].strip():
+            meta = json.loads(doc["meta"])
+            problem = ReadProblem("empty_text", meta.get("_locator", ""), "no text is left")
+            self.refuse(problem)
+            return
         if doc["lang"] is None and self.langid.enabled:
             lang, score = self.langid.identify(doc["text"])
             if lang is not None:
@@ -243,18 +305,19 @@ def _read_records(task: UnitTask, sink: _UnitSink) -> None:
 
 
 def _page_document(
-    sink: _UnitSink, extractor: Any, page: Any, url: str | None, extra: dict[str, Any]
+    sink: _UnitSink, worker: Any, page: Any, url: str | None, extra: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """Extract one page into a document; refuse it (and return None) when it has no text."""
+    """Extract one page into a document, in the extraction worker (sandbox.py); refuse it (and
+    return None) when it has no text, is refused, or takes too long."""
     from pipeline.ingest.html import ExtractionFailed
 
     try:
-        extracted = extractor.extract(page.data, page.charset)
+        extracted = worker.call("extract", page.data, page.charset)
     except ExtractionFailed as exc:
-        sink.refuse(
-            ReadProblem(exc.reason, page.locator, exc.detail),
-            page.data[:2000].decode("utf-8", "replace"),
-        )
+        excerpt = None
+        if exc.reason != "binary_file":
+            excerpt = page.data[: EXCERPT_CHARS * 2].decode("utf-8", "replace")[:EXCERPT_CHARS]
+        sink.refuse(ReadProblem(exc.reason, page.locator, exc.detail), excerpt)
         return None
     sink.extractors[extracted.extractor] += 1
     url = url or extracted.canonical_url
@@ -288,7 +351,7 @@ def _page_document(
 
 def _read_pages(task: UnitTask, sink: _UnitSink) -> None:
     """warc / html: pages -> extracted documents."""
-    from pipeline.ingest.html import HtmlExtractor
+    from pipeline.ingest.sandbox import worker_for
     from pipeline.ingest.web import (
         Page,
         iter_html_pages,
@@ -298,7 +361,7 @@ def _read_pages(task: UnitTask, sink: _UnitSink) -> None:
     )
 
     settings = task.settings.extraction
-    extractor = HtmlExtractor(settings)
+    worker = worker_for(settings)
     if task.source.type == "warc":
         pages: Any = (
             item
@@ -314,21 +377,23 @@ def _read_pages(task: UnitTask, sink: _UnitSink) -> None:
             sink.refuse(page)
             continue
         assert isinstance(page, Page)
-        doc = _page_document(sink, extractor, page, page.url, {})
+        doc = _page_document(sink, worker, page, page.url, {})
         if doc is not None:
             sink.accept(doc)
 
 
 def _read_feeds(task: UnitTask, sink: _UnitSink) -> None:
     """feed: items -> documents; an item with only a summary is joined with its page when the
-    source's `pages` has it."""
-    from pipeline.ingest.html import HtmlExtractor, fragment_text
+    source's `pages` has it. Feeds are parsed, and item HTML turned into text, in the
+    extraction worker (sandbox.py)."""
+    from pipeline.ingest.html import ExtractionFailed
+    from pipeline.ingest.sandbox import worker_for
     from pipeline.ingest.web import FeedItem, PageIndex, RepairNote, iter_feed_items
 
     settings = task.settings.extraction
-    extractor = HtmlExtractor(settings)
+    worker = worker_for(settings)
     index = PageIndex.from_json(Path(task.page_index)) if task.page_index else None
-    for item in iter_feed_items(list(task.unit.files), settings.max_page_bytes):
+    for item in iter_feed_items(list(task.unit.files), settings.max_page_bytes, worker):
         if isinstance(item, ReadProblem):
             sink.refuse(item)
             continue
@@ -336,16 +401,25 @@ def _read_feeds(task: UnitTask, sink: _UnitSink) -> None:
             sink.repair(item.reason, item.locator, item.detail)
             continue
         assert isinstance(item, FeedItem)
-        summary = fragment_text(item.summary_html or "")
+        try:
+            content, summary, title = worker.call(
+                "fragments", [item.content_html, item.summary_html, item.title]
+            )
+        except ExtractionFailed as exc:
+            sink.refuse(
+                ReadProblem(exc.reason, item.locator, exc.detail),
+                {"title": (item.title or "")[:EXCERPT_CHARS], "link": (item.link or "")[:500]},
+            )
+            continue
         meta: dict[str, Any] = {"_locator": item.locator, **item.meta, "author": item.author}
         doc_id = document_id("feed", item.locator, item.link)
-        text = fragment_text(item.content_html) if item.content_html else ""
+        text = content
         if text:
             meta["text_from"] = "content"
         else:
             page = index.fetch(item.link, settings.max_page_bytes) if index and item.link else None
             if page is not None:
-                joined = _page_document(sink, extractor, page, item.link, {})
+                joined = _page_document(sink, worker, page, item.link, {})
                 if joined is not None:
                     text = joined["text"]
                     meta.update(text_from="page", page_locator=page.locator, summary=summary)
@@ -354,7 +428,10 @@ def _read_feeds(task: UnitTask, sink: _UnitSink) -> None:
                 meta["text_from"] = "summary"
         if not text:
             problem = ReadProblem("empty_text", item.locator, "the item has no text")
-            sink.refuse(problem, {"title": item.title, "link": item.link})
+            sink.refuse(
+                problem,
+                {"title": (item.title or "")[:EXCERPT_CHARS], "link": (item.link or "")[:500]},
+            )
             continue
         sink.accept(
             make_document(
@@ -362,7 +439,7 @@ def _read_feeds(task: UnitTask, sink: _UnitSink) -> None:
                 text=text,
                 source=sink.name,
                 url=item.link,
-                title=fragment_text(item.title) if item.title else None,
+                title=title or None,
                 published=item.published,
                 meta={k: v for k, v in meta.items() if v is not None},
             )
@@ -373,10 +450,17 @@ def ingest_unit(task: UnitTask) -> dict[str, Any]:
     """Read one unit into its own folder; return its counts (run in any process)."""
     out = Path(task.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if task.source.type in WEB_TYPES and task.unit.files:
+        from pipeline.ingest.sandbox import worker_for
+
+        worker_for(task.settings.extraction)  # its start-up overlaps the sink's
     with ShardWriter(out, UNIT_PART_ROWS) as writer, Quarantine(out) as quarantine:
         sink = _UnitSink(task, writer, quarantine)
-        if task.unit.problem is not None:
-            sink.refuse(task.unit.problem)
+        if task.unit.problem is not None or task.unit.refusals:
+            if task.unit.problem is not None:
+                sink.refuse(task.unit.problem)
+            for refusal in task.unit.refusals:
+                sink.refuse(refusal)
         elif task.source.type in ("warc", "html"):
             _read_pages(task, sink)
         elif task.source.type == "feed":
@@ -387,18 +471,6 @@ def ingest_unit(task: UnitTask) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the stage
-
-
-class _OneWorkerProcess:
-    """Runs units in one spawned worker process: the per-page time limit needs a main
-    thread, which a stage called from an orchestrator's worker thread does not have."""
-
-    workers = 1
-
-    def map(self, fn: Callable[[Any], Any], units: Sequence[Any]) -> list[Any]:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            return list(pool.map(fn, units))
 
 
 def _merge_source_counts(into: dict[str, Any], result: dict[str, Any]) -> None:
@@ -437,12 +509,17 @@ def run_ingest(
     page_indexes: dict[int, str] = {}
     for index, source in enumerate(sources):
         if source.type == "feed" and source.pages:
+            from pipeline.ingest.sandbox import worker_for
             from pipeline.ingest.web import PageIndex
 
             path = units_dir / f"pages-{index}.json"
-            PageIndex.build(source.pages, base_dir, settings.extraction.max_page_bytes).to_json(
-                path
-            )
+            PageIndex.build(
+                source.pages,
+                base_dir,
+                settings.extraction.max_page_bytes,
+                worker_for(settings.extraction),
+                source.follow_links,
+            ).to_json(path)
             page_indexes[index] = str(path)
 
     units = plan_units(sources, base_dir, settings.split_bytes)
@@ -459,14 +536,12 @@ def run_ingest(
         for number, unit in enumerate(units)
     ]
     executor = executor or SerialExecutor()
-    needs_time_limit = any(s.type in WEB_TYPES for s in sources)
-    if (
-        needs_time_limit
-        and executor.workers == 1
-        and threading.current_thread() is not threading.main_thread()
-    ):
-        executor = _OneWorkerProcess()
-    results = executor.map(ingest_unit, tasks)
+    try:
+        results = executor.map(ingest_unit, tasks)
+    finally:
+        from pipeline.ingest.sandbox import close_workers
+
+        close_workers()  # this process's extraction workers (pool workers keep theirs)
 
     by_source: dict[str, dict[str, Any]] = {}
     for source in sources:
@@ -562,7 +637,7 @@ def _refuse_duplicate(
         source=doc["source"],
         locator=locator,
         detail=f"id {doc['id']} was already given to an earlier record",
-        record=doc["text"][:500],
+        record=doc["text"][:EXCERPT_CHARS],
     )
     counts["documents"] -= 1
     counts["quarantined"] += 1

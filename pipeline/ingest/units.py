@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.ingest.files import file_name, file_size, is_url, match_source_files
+from pipeline.ingest.encoding import SNIFF_BYTES, detect_text_encoding, sniff_binary
+from pipeline.ingest.files import (
+    Skipped,
+    file_name,
+    file_size,
+    is_url,
+    match_source_files,
+    open_raw,
+)
 from pipeline.ingest.hf import plan_hf
 from pipeline.ingest.readers import ByteSpan, ReadProblem
 
@@ -33,17 +41,48 @@ class Unit:
     span: ByteSpan | None = None
     hf_mode: str | None = None  # "disk" | "files" | "hub" for hf sources
     problem: ReadProblem | None = None  # the source matched nothing: report it
+    refusals: tuple[ReadProblem, ...] = ()  # entries the source's listing passed over
+
+
+def _refusal_unit(index: int, skipped: list[Skipped]) -> list[Unit]:
+    """A unit that only reports what a source's listing skipped (loops, links out of its root,
+    FIFOs ...): each is quarantined with its reason, none is read."""
+    if not skipped:
+        return []
+    return [Unit(index, refusals=tuple(ReadProblem(s.reason, s.name, s.detail) for s in skipped))]
+
+
+def _splittable(file: Any, split_bytes: int) -> bool:
+    """A local, uncompressed line file over split_bytes whose lines can be cut at b"\n" (not
+    binary, not UTF-16/32). A file that cannot be read now is read whole (and reported then)."""
+    if is_url(file) or file_name(file).lower().endswith(".gz"):
+        return False
+    try:
+        if file_size(file) <= split_bytes:
+            return False
+        with open_raw(file) as handle:
+            head = handle.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    return sniff_binary(head) is None and detect_text_encoding(head).ascii_lines
 
 
 def split_line_file(file: Path, split_bytes: int) -> list[ByteSpan]:
     """Byte ranges of about `split_bytes`, each starting at a line start, with line numbers."""
     size = file.stat().st_size
     cuts = [0]
-    with file.open("rb") as handle:
+    with open_raw(file) as handle:
         while cuts[-1] + split_bytes < size:
             handle.seek(cuts[-1] + split_bytes - 1)
-            handle.readline()  # to the end of the line that the cut falls in
-            cut = handle.tell()
+            cut = size
+            while True:  # to the end of the line that the cut falls in, a block at a time
+                block = handle.read(SCAN_BLOCK)
+                if not block:
+                    break
+                newline = block.find(b"\n")
+                if newline >= 0:
+                    cut = handle.tell() - len(block) + newline + 1
+                    break
             if cut >= size:
                 break
             cuts.append(cut)
@@ -56,7 +95,7 @@ def _number_spans(file: Path, spans: list[ByteSpan]) -> list[ByteSpan]:
     (bytes.count runs at memory speed)."""
     numbered = []
     line, position = 1, 0
-    with file.open("rb") as handle:
+    with open_raw(file) as handle:
         for span in spans:
             while position < span.start:
                 block = handle.read(min(SCAN_BLOCK, span.start - position))
@@ -76,31 +115,34 @@ def plan_units(sources: list[Any], base_dir: str | Path, split_bytes: int) -> li
             if isinstance(plan, ReadProblem):
                 units.append(Unit(index, problem=plan))
             elif plan[0] == "files":
+                units += _refusal_unit(index, plan[2])
                 units += [Unit(index, (f,), hf_mode="files") for f in plan[1]]
             else:
                 units.append(Unit(index, hf_mode=plan[0]))
             continue
-        matched = match_source_files(source.type, source.path, base_dir)
+        matched = match_source_files(
+            source.type, source.path, base_dir, getattr(source, "follow_links", False)
+        )
         if matched.problem:
             detail = f"{matched.detail} ({matched.resolved})"
             units.append(Unit(index, problem=ReadProblem(matched.problem, source.path, detail)))
+            units += _refusal_unit(index, matched.skipped)
             continue
+        units += _refusal_unit(index, matched.skipped)
         files = list(zip(matched.names, matched.files, strict=True))
         if source.type in ("html", "feed"):
             for start in range(0, len(files), GROUP_FILES):
                 units.append(Unit(index, tuple(files[start : start + GROUP_FILES])))
             continue
         for name, file in files:
-            splittable = (
-                source.type == "jsonl"
-                and not is_url(file)
-                and not file_name(file).lower().endswith(".gz")
-                and file_size(file) > split_bytes
-            )
-            if splittable:
-                units += [
-                    Unit(index, ((name, file),), span=s) for s in split_line_file(file, split_bytes)
-                ]
+            spans = None
+            if source.type == "jsonl" and _splittable(file, split_bytes):
+                try:
+                    spans = split_line_file(file, split_bytes)
+                except OSError:
+                    spans = None  # it went away: read whole, which reports it
+            if spans:
+                units += [Unit(index, ((name, file),), span=s) for s in spans]
             else:
                 units.append(Unit(index, ((name, file),)))
     return units

@@ -2,15 +2,17 @@
 items out (not yet documents: see stage.py, which extracts and identifies the language).
 
 - `iter_warc_pages`: `response` records with an HTML content type and a 2xx status, read with
-  warcio (ARC converted on the fly, chunked and compressed HTTP bodies decoded), each with its
-  target URL, WARC-Date, HTTP charset and byte offset (the locator is `file@offset`). Other
-  records are counted as skipped, not refused. A record that cannot be read is a problem; a file
-  that breaks off (a truncated gzip, a corrupt header) stops there with what was read kept.
-- `iter_html_pages`: one page per file; its URL from the source's `urls` file or the page's
-  canonical link.
+  warc.py (ARC read as WARC, chunked and compressed HTTP bodies decoded), each with its target
+  URL, WARC-Date, HTTP charset and byte offset (the locator is `file@offset`). Other records are
+  counted as skipped, not refused. A record that cannot be read is a problem and reading resumes
+  at the next record; a corrupt gzip member costs the records in it (counted), not the file; a
+  file that breaks off (a truncated gzip) stops there with what was read kept.
+- `iter_html_pages`: one page per file (its first max_page_bytes + 1 bytes); its URL from the
+  source's `urls` file or the page's canonical link.
 - `iter_feed_items`: one item per RSS/Atom/RDF entry (feedparser, which recovers what it can
-  from broken XML: the breakage is noted) or JSON Feed item; link, title, published date,
-  author, and content (HTML) or summary.
+  from broken XML: the breakage is noted) or JSON Feed item (feeds.py); link, title, published
+  date, author, and content (HTML) or summary. Parsed in the extraction worker (sandbox.py),
+  under its hard time limit.
 - `PageIndex`: the URLs of the pages in a feed source's `pages` (HTML files or WARCs), so an
   item that has only a summary can be joined with its full page.
 """
@@ -19,9 +21,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
-import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -30,15 +30,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pipeline.ingest.encoding import charset_from_content_type, sniff_binary
+from pipeline.ingest.feeds import FeedItem, RepairNote
 from pipeline.ingest.files import (
-    decoded_lines,
+    GzipBomb,
+    GzipMembers,
+    Overlong,
+    TextLines,
     file_name,
+    gzip_losses,
     match_source_files,
     open_binary,
     resolve_source_path,
 )
-from pipeline.ingest.html import charset_from_content_type
 from pipeline.ingest.readers import ReadProblem
+from pipeline.ingest.warc import HttpError, WarcReader, WarcRecord, parse_http
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -50,27 +56,6 @@ class Page:
     url: str | None = None
     charset: str | None = None  # from the HTTP Content-Type header
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class FeedItem:
-    locator: str
-    title: str | None
-    link: str | None
-    published: str | None
-    author: str | None
-    content_html: str | None  # the item's full content, when it has one
-    summary_html: str | None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RepairNote:
-    """Something wrong that was worked around; what it affected is kept."""
-
-    reason: str
-    locator: str
-    detail: str
 
 
 def _read_capped(stream: Any, limit: int) -> bytes:
@@ -87,124 +72,145 @@ def _is_html(content_type: str | None, head: bytes) -> bool:
 # ------------------------------------------------------------------------------------ WARC
 
 
-class _TruncatedInput(Exception):
-    pass
+HTTP_ALLOWANCE = 1024 * 1024  # a WARC block holds the HTTP headers besides the page
 
 
-class _NoQuietEOF:
-    """A binary stream whose EOFError (a gzip cut short) surfaces as `_TruncatedInput`:
-    warcio takes an EOFError for the regular end of the records and would stop quietly."""
+def _loss_problems(handle: Any, name: str, reported: int, offset: int | None) -> list[ReadProblem]:
+    """Corrupt gzip members a recovering reader passed over since the last `reported`."""
+    problems = []
+    for loss in gzip_losses(handle)[reported:]:
+        where = (
+            f"reading resumed at the next member (uncompressed byte {loss.resumed_at:,})"
+            if loss.resumed_at is not None
+            else "no gzip member after it"
+        )
+        problems.append(
+            ReadProblem(
+                "corrupt_gzip",
+                _after(name, offset),
+                f"a corrupt gzip member at byte {loss.offset:,} ({loss.error}); "
+                f"{loss.skipped:,} compressed bytes skipped, {where}",
+            )
+        )
+    return problems
 
-    def __init__(self, stream: Any):
-        self.stream = stream
 
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self.stream.read(size)
-        except EOFError as exc:
-            raise _TruncatedInput(str(exc) or "the file ends early") from None
-
-    def readline(self, size: int = -1) -> bytes:
-        try:
-            return self.stream.readline(size)
-        except EOFError as exc:
-            raise _TruncatedInput(str(exc) or "the file ends early") from None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
+def _page_of(
+    record: WarcRecord, name: str, max_bytes: int, skipped: Counter
+) -> Page | ReadProblem | None:
+    """The HTML page of a response record, a problem, or None (counted in `skipped`)."""
+    locator = f"{name}@{record.offset}"
+    if record.rec_type != "response":
+        skipped[f"record_type:{record.rec_type}"] += 1
+        return None
+    uri = record.target_uri or ""
+    if record.length == 0 or not uri.lower().startswith(("http:", "https:")):
+        skipped["no_http_headers"] += 1
+        return None
+    try:
+        http = parse_http(record.block, record.complete, max_bytes)
+    except HttpError as exc:
+        return ReadProblem(
+            "corrupt_warc_record", locator, f"the HTTP response cannot be read: {exc}"
+        )
+    if not http.status.startswith("2"):
+        skipped["http_status"] += 1
+        return None
+    content_type = http.headers.get("content-type")
+    if not _is_html(content_type, http.body):
+        skipped["not_html"] += 1
+        return None
+    if not record.complete:
+        return ReadProblem(
+            "page_too_large", locator, f"a record of {record.length:,} bytes > max_page_bytes"
+        )
+    return Page(
+        locator,
+        http.body,
+        url=uri or None,
+        charset=charset_from_content_type(content_type),
+        meta={
+            "warc_date": record.headers.get("warc-date"),
+            # An ARC record has no record id.
+            "warc_record_id": record.headers.get("warc-record-id")
+            if record.format == "warc"
+            else None,
+            "http_status": int(http.status[:3]) if http.status[:3].isdigit() else None,
+        },
+    )
 
 
 def iter_warc_pages(
     file: Any, name: str, max_bytes: int, skipped: Counter
 ) -> Iterator[Page | ReadProblem]:
-    """HTML response pages of one WARC or ARC file (gzipped or not), in file order."""
-    from warcio.archiveiterator import ArchiveIterator
-    from warcio.exceptions import ArchiveLoadFailed
+    """HTML response pages of one WARC or ARC file (gzipped or not), in file order.
 
+    Read with `warc.WarcReader`: linear and bounded; a broken record is refused and reading
+    resumes at the next record; a corrupt gzip member is passed over (and reported) with the
+    records before and after it kept. Offsets are positions in the uncompressed stream.
+    """
     last_offset: int | None = None
-    # Python's gzip, not warcio's own decompression: it raises EOFError on a truncated file
-    # where warcio would end quietly. Offsets are then positions in the uncompressed stream.
-    with open_binary(file) as raw:
-        iterator = ArchiveIterator(_NoQuietEOF(raw), arc2warc=True)
-        try:
-            for record in iterator:
-                # The offset is asked for only after the body is read: warcio reads the
-                # record to its end to answer, which would leave an empty body.
-                if record.rec_type != "response":
-                    skipped[f"record_type:{record.rec_type}"] += 1
+    reported = 0
+    items = 0
+    try:
+        with open_binary(file, recover=True) as handle:
+            reader = WarcReader(handle, name, max_bytes + HTTP_ALLOWANCE)
+            for item in reader:
+                items += 1
+                losses = _loss_problems(handle, name, reported, last_offset)
+                reported += len(losses)
+                yield from losses
+                if isinstance(item, ReadProblem):
+                    yield item
                     continue
-                http = record.http_headers
-                if http is None:
-                    skipped["no_http_headers"] += 1
-                    continue
-                status = http.get_statuscode() or ""
-                if not status.startswith("2"):
-                    skipped["http_status"] += 1
-                    continue
-                content_type = http.get_header("Content-Type")
-                try:
-                    data = _read_capped(record.content_stream(), max_bytes)
-                    error = None
-                except _TruncatedInput:
-                    raise  # the file itself ends early: reported for the file below
-                except Exception as exc:  # zlib, brotli, chunked-encoding errors of one body
-                    error = exc
-                last_offset = iterator.get_record_offset()
-                locator = f"{name}@{last_offset}"
-                if error is not None:
-                    yield ReadProblem(
-                        "corrupt_warc_record",
-                        locator,
-                        f"the HTTP body cannot be read: {type(error).__name__}: {error}",
-                    )
-                    continue
-                if not _is_html(content_type, data):
-                    skipped["not_html"] += 1
-                    continue
-                headers = record.rec_headers
-                yield Page(
-                    locator,
-                    data,
-                    url=(headers.get_header("WARC-Target-URI") or "").strip("<>") or None,
-                    charset=charset_from_content_type(content_type),
-                    meta={
-                        "warc_date": headers.get_header("WARC-Date"),
-                        # An ARC record converted on the fly gets a random id: leave it out.
-                        "warc_record_id": headers.get_header("WARC-Record-ID")
-                        if record.format == "warc"
-                        else None,
-                        "http_status": int(status[:3]) if status[:3].isdigit() else None,
-                    },
-                )
-        except (EOFError, _TruncatedInput) as exc:
-            yield ReadProblem("truncated_gzip", _after(name, last_offset), str(exc) or "EOF")
-        except (gzip.BadGzipFile, zlib.error) as exc:
-            yield ReadProblem("corrupt_gzip", _after(name, last_offset), str(exc))
-        except ArchiveLoadFailed as exc:
-            yield ReadProblem(
-                "corrupt_warc_record", _after(name, last_offset), f"warcio: {exc}".strip()
-            )
-        except (ValueError, IndexError) as exc:  # warcio on a mangled header block
-            yield ReadProblem(
-                "corrupt_warc_record", _after(name, last_offset), f"{type(exc).__name__}: {exc}"
-            )
+                last_offset = item.offset
+                page = _page_of(item, name, max_bytes, skipped)
+                if page is not None:
+                    yield page
+            losses = _loss_problems(handle, name, reported, last_offset)
+            yield from losses
+            if not items and not losses:
+                yield ReadProblem("empty_file", name, "the file holds no records")
+    except EOFError as exc:  # the gzip stream is cut short
+        yield ReadProblem("truncated_gzip", _after(name, last_offset), str(exc) or "EOF")
+    except GzipBomb as exc:
+        yield ReadProblem("gzip_bomb", _after(name, last_offset), exc.strerror or str(exc))
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        yield ReadProblem("corrupt_gzip", _after(name, last_offset), str(exc))
+    except OSError as exc:
+        yield ReadProblem(
+            "unreadable_file", _after(name, last_offset), f"{type(exc).__name__}: {exc}"
+        )
 
 
 def _after(name: str, offset: int | None) -> str:
     return name if offset is None else f"{name} after {name}@{offset}"
 
 
-def read_warc_page_at(file: Any, offset: int, max_bytes: int) -> Page | None:
-    """The response page whose record starts at `offset` (for feed joins)."""
-    from warcio.archiveiterator import ArchiveIterator
+def _skip_bytes(handle: Any, count: int) -> None:
+    if not getattr(handle, "raw", None) or not isinstance(handle.raw, GzipMembers):
+        handle.seek(count)
+        return
+    while count > 0:
+        data = handle.read(min(count, 1 << 20))
+        if not data:
+            return
+        count -= len(data)
 
-    with open_binary(file) as raw:
-        raw.seek(offset)
-        for record in ArchiveIterator(raw, arc2warc=True):
-            http = record.http_headers
-            charset = charset_from_content_type(http.get_header("Content-Type") if http else None)
-            data = _read_capped(record.content_stream(), max_bytes)
-            return Page(f"{file}@{offset}", data, charset=charset)
+
+def read_warc_page_at(file: Any, offset: int, max_bytes: int) -> Page | None:
+    """The response page whose record starts at `offset` (for feed joins), or None."""
+    try:
+        with open_binary(file, recover=True) as handle:
+            _skip_bytes(handle, offset)
+            for item in WarcReader(handle, str(file), max_bytes + HTTP_ALLOWANCE):
+                if isinstance(item, WarcRecord):
+                    page = _page_of(item, str(file), max_bytes, Counter())
+                    if isinstance(page, Page):
+                        return Page(f"{file}@{offset}", page.data, charset=page.charset)
+                return None
+    except (EOFError, zlib.error, OSError):
+        return None
     return None
 
 
@@ -212,23 +218,27 @@ def read_warc_page_at(file: Any, offset: int, max_bytes: int) -> Page | None:
 
 
 def load_url_map(source: Any, base_dir: str | Path) -> dict[str, str]:
-    """file (relative to the source folder) -> URL, from the source's `urls` JSONL or CSV."""
+    """file (relative to the source folder) -> URL, from the source's `urls` JSONL or CSV; a
+    line that cannot be read is passed over."""
     if not source.urls:
         return {}
     path = Path(resolve_source_path(source.urls, base_dir))
     mapping: dict[str, str] = {}
     with open_binary(path) as handle:
+        lines = (line.text for line in TextLines(handle) if not isinstance(line.text, Overlong))
         if file_name(path).lower().removesuffix(".gz").endswith(".csv"):
-            text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
-            for row in csv.DictReader(text):
-                if row.get("file") and row.get("url"):
-                    mapping[row["file"]] = row["url"]
+            try:
+                for row in csv.DictReader(lines):
+                    if row.get("file") and row.get("url"):
+                        mapping[row["file"]] = row["url"]
+            except csv.Error:
+                pass  # the rows before the broken one are kept
         else:
-            for _, line, _ in decoded_lines(handle):
+            for line in lines:
                 if line.strip():
                     try:
                         row = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         continue
                     if isinstance(row, dict) and row.get("file") and row.get("url"):
                         mapping[str(row["file"])] = str(row["url"])
@@ -289,54 +299,12 @@ def iter_html_pages(
 # ----------------------------------------------------------------------------------- feeds
 
 
-def _struct_to_iso(value: Any) -> str | None:
-    if not value:
-        return None
-    try:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _parse_json_feed(data: bytes, name: str) -> tuple[list[FeedItem], ReadProblem | None]:
-    try:
-        feed = json.loads(data.decode("utf-8-sig", errors="replace"))
-    except ValueError as exc:
-        return [], ReadProblem("malformed_feed", name, f"not valid JSON: {exc}")
-    if not isinstance(feed, dict) or not isinstance(feed.get("items"), list):
-        return [], ReadProblem("malformed_feed", name, "a JSON Feed needs an `items` list")
-    items = []
-    for number, item in enumerate(feed["items"]):
-        if not isinstance(item, dict):
-            continue
-        authors = item.get("authors") or ([item["author"]] if item.get("author") else [])
-        author = ", ".join(a.get("name", "") for a in authors if isinstance(a, dict)) or None
-        content = item.get("content_html") or (
-            _escape(item["content_text"]) if item.get("content_text") else None
-        )
-        items.append(
-            FeedItem(
-                f"{name}#{number}",
-                title=item.get("title"),
-                link=item.get("url") or item.get("external_url"),
-                published=item.get("date_published") or item.get("date_modified"),
-                author=author,
-                content_html=content,
-                summary_html=item.get("summary"),
-                meta={"feed_title": feed.get("title"), "item_id": item.get("id")},
-            )
-        )
-    return items, None
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def iter_feed_items(
-    files: list[tuple[str, Any]], max_bytes: int
+    files: list[tuple[str, Any]], max_bytes: int, worker: Any
 ) -> Iterator[FeedItem | ReadProblem | RepairNote]:
-    import feedparser
+    """The items of each feed file, parsed by the extraction worker (sandbox.py) under its hard
+    time limit; a feed that cannot be parsed is one problem."""
+    from pipeline.ingest.html import ExtractionFailed
 
     for name, _, data in _file_bytes(files, max_bytes):
         if isinstance(data, ReadProblem):
@@ -348,49 +316,26 @@ def iter_feed_items(
         if not data.strip():
             yield ReadProblem("empty_file", name, "the file holds no bytes")
             continue
-        if data.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{":
-            items, problem = _parse_json_feed(data, name)
-            if problem:
-                yield problem
-                continue
-        else:
-            parsed = feedparser.parse(data.lstrip())
-            items = [_feed_item(name, n, e, parsed) for n, e in enumerate(parsed.entries)]
-            if parsed.bozo:
-                error = parsed.get("bozo_exception")
-                detail = f"{type(error).__name__}: {error}"
-                if not items:
-                    yield ReadProblem("malformed_feed", name, detail)
-                    continue
-                yield RepairNote(
-                    "malformed_feed_recovered",
-                    name,
-                    f"{detail}; {len(items)} items recovered by the lenient parser",
-                )
-        if not items:
+        binary = sniff_binary(data)
+        if binary:
+            yield ReadProblem("binary_file", name, f"not text: {binary}")
+            continue
+        try:
+            result = worker.call("feed", data, name)
+        except ExtractionFailed as exc:
+            yield ReadProblem(exc.reason, name, exc.detail)
+            continue
+        if result.problem:
+            yield ReadProblem(result.problem[0], name, result.problem[1])
+            continue
+        if result.note:
+            yield result.note
+        for locator, detail in result.bad_items:
+            yield ReadProblem("malformed_feed_item", locator, detail)
+        if not result.items:
             yield ReadProblem("empty_feed", name, "the feed holds no items")
             continue
-        yield from items
-
-
-def _feed_item(name: str, number: int, entry: Any, parsed: Any) -> FeedItem:
-    content = None
-    for part in entry.get("content") or []:
-        if part.get("value"):
-            content = part["value"]
-            break
-    return FeedItem(
-        f"{name}#{number}",
-        title=entry.get("title"),
-        link=entry.get("link"),
-        published=_struct_to_iso(entry.get("published_parsed") or entry.get("updated_parsed"))
-        or entry.get("published")
-        or entry.get("updated"),
-        author=entry.get("author"),
-        content_html=content,
-        summary_html=entry.get("summary"),
-        meta={"feed_title": parsed.feed.get("title"), "item_id": entry.get("id")},
-    )
+        yield from result.items
 
 
 # ------------------------------------------------------------------------------ page index
@@ -409,14 +354,19 @@ class PageIndex:
         self.entries = entries  # normalized URL -> ["warc", file, offset] | ["html", file]
 
     @classmethod
-    def build(cls, pages: str, base_dir: str | Path, max_bytes: int) -> PageIndex:
-        from resiliparse.parse.html import HTMLTree
-
-        from pipeline.ingest.html import decode_html, page_metadata
+    def build(
+        cls,
+        pages: str,
+        base_dir: str | Path,
+        max_bytes: int,
+        worker: Any,
+        follow_links: bool = False,
+    ) -> PageIndex:
+        from pipeline.ingest.html import ExtractionFailed
 
         entries: dict[str, list] = {}
         for kind in ("warc", "html"):
-            matched = match_source_files(kind, pages, base_dir)
+            matched = match_source_files(kind, pages, base_dir, follow_links)
             for name, file in zip(matched.names, matched.files, strict=True):
                 is_warc = file_name(file).lower().endswith((".warc", ".warc.gz", ".arc", ".arc.gz"))
                 if (kind == "warc") != is_warc:
@@ -429,9 +379,11 @@ class PageIndex:
                             entries.setdefault(normalize_url(page.url), ["warc", location, offset])
                     continue
                 for page in iter_html_pages([(name, file)], max_bytes, {}, None):
-                    if isinstance(page, Page):
-                        html, _, _ = decode_html(page.data)
-                        url = page_metadata(HTMLTree.parse(html), html)["canonical_url"]
+                    if isinstance(page, Page) and len(page.data) <= max_bytes:
+                        try:
+                            url = worker.call("canonical_url", page.data)
+                        except ExtractionFailed:
+                            continue  # a page the joins cannot use
                         if url:
                             entries.setdefault(normalize_url(url), ["html", location])
         return cls(entries)
