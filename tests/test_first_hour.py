@@ -39,6 +39,10 @@ def _user_env() -> dict[str, str]:
     path = [p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != SCRIPTS]
     env["PATH"] = os.pathsep.join(path or ["/usr/bin", "/bin"])
     env.pop("VIRTUAL_ENV", None)
+    # Nor what an earlier in-process run of this pytest left (mlflow.set_tracking_uri and
+    # set_registry_uri set these).
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)
     return env
 
 

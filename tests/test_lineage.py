@@ -107,7 +107,13 @@ def test_each_stage_run_shows_what_it_read_and_wrote(runs):
         by_stage = _stage_runs(client, summary)
         ingest = _datasets(by_stage["ingest"])
         sources = {name for name, context in ingest if context == "source"}
-        assert sources == {"source wikitext2", "source botchan", "source squad", "source ftfy"}
+        assert sources == {
+            "source wikitext2",
+            "source xsum_news",
+            "source botchan",
+            "source squad",
+            "source ftfy",
+        }
         written = ingest[("ingest documents", "output")]
         assert written.digest == stages["ingest"]["fingerprint"]
         assert json.loads(written.profile)["documents"] == stages["ingest"]["counts"]["documents"]
@@ -147,7 +153,9 @@ def test_the_registered_version_is_a_logged_model_tied_to_runs_metrics_and_datas
     assert model.tags["llmpipe.training_run_id"] == training_run
     assert model.tags["llmpipe.pipeline_run_id"] == first["mlflow_run_id"]
     description = model.tags["mlflow.note.content"]  # the model page's description
-    assert f"Trained in the pretrain run `{training_run[:8]}`" in description
+    # The run is linked to its page in the MLflow UI (a local store's `mlflow ui` address).
+    assert f"Trained in the pretrain run [{training_run[:8]}](http" in description
+    assert f"/runs/{training_run}" in description
     assert model.tags["llmpipe.shards_fingerprint"] == first["stages"]["shards"]["fingerprint"]
     assert model.params["model.n_layer"] == "2" and model.params["train.max_steps"] == "10"
     metrics = {m.key: m for m in model.metrics}
@@ -164,7 +172,7 @@ def test_the_registered_version_is_a_logged_model_tied_to_runs_metrics_and_datas
     parent = client.get_run(first["mlflow_run_id"]).data.tags
     assert parent["llmpipe.registered_model_uri"] == "models:/lineage-gpt/1"
     assert parent["llmpipe.logged_model_id"] == model_id
-    assert "Registered: lineage-gpt version 1" in parent["mlflow.note.content"]
+    assert "Registered: [lineage-gpt version 1](http" in parent["mlflow.note.content"]
     # The re-run registered nothing, so it links nothing new.
     assert "llmpipe.registered_model_uri" not in client.get_run(again["mlflow_run_id"]).data.tags
 
@@ -217,7 +225,7 @@ def test_prefect_assets_run_from_the_sources_to_the_registered_model(runs):
         return {r.id for r in by_key[key].related if r.role == "asset"}
 
     ingest_deps = upstream(output["ingest"])
-    assert len(ingest_deps) == 4 and all(d.startswith("file://") for d in ingest_deps)
+    assert len(ingest_deps) == 5 and all(d.startswith("file://") for d in ingest_deps)
     assert any(d.endswith("botchan.txt") for d in ingest_deps)
     assert upstream(output["clean"]) == {output["ingest"]}
     assert upstream(output["shards"]) == {output["dedup"], output["tokenizer"]}
