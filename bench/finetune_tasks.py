@@ -142,10 +142,10 @@ def run_pipeline(config: PipelineConfig, workdir: Path, log: Log) -> dict[str, d
         if planned.name == "register":
             continue
         started = time.time()
-        manifest = run_stage(planned, config, tracking_uri=None, log=log)
-        state = "reused" if manifest["reused"] else f"{time.time() - started:.0f} s"
+        result = run_stage(planned, config, tracking_uri=None, log=log)
+        state = "reused" if result.reused else f"{time.time() - started:.0f} s"
         print(f"  {planned.name}: {state} ({planned.output.path})", flush=True)
-        manifests[planned.name] = {**manifest, "path": str(planned.output.path)}
+        manifests[planned.name] = {**result.to_dict(), "path": str(planned.output.path)}
     return manifests
 
 

@@ -317,8 +317,8 @@ def _run_stages(config: Any, workdir: Path, until: str) -> dict[str, dict]:
     manifests = {}
     for planned in plan(config, workdir):
         started = time.perf_counter()
-        manifest = run_stage(planned, config, tracking_uri=None, log=_log_to_stdout)
-        manifests[planned.name] = {**manifest, "seconds": time.perf_counter() - started}
+        result = run_stage(planned, config, tracking_uri=None, log=_log_to_stdout)
+        manifests[planned.name] = {**result.to_dict(), "seconds": time.perf_counter() - started}
         print(f"stage {planned.name}: {manifests[planned.name]['seconds']:.1f} s", flush=True)
         if planned.name == until:
             break

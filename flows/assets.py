@@ -29,6 +29,7 @@ from prefect.tasks import Task
 
 from pipeline.config import PipelineConfig
 from pipeline.dag import PlannedStage
+from pipeline.outputs import StageResult
 from pipeline.tracking.lineage import DataRef, StageLineage, stage_lineage
 
 # Characters Prefect refuses in asset keys (prefect.types.names.RESTRICTED_ASSET_CHARACTERS).
@@ -77,12 +78,10 @@ def _lineage(
     planned: PlannedStage,
     config: PipelineConfig,
     tracking_uri: str | None,
-    manifest: dict[str, Any],
+    result: StageResult | None,
 ) -> StageLineage:
     upstream = {name: up.path for name, up in planned.upstream.items()}
-    return stage_lineage(
-        planned.name, planned.output.path, upstream, config, manifest, tracking_uri
-    )
+    return stage_lineage(planned.name, planned.output.path, upstream, config, result, tracking_uri)
 
 
 def materializing(
@@ -95,7 +94,7 @@ def materializing(
 ) -> Task:
     """`task` (made with `options`) as the `@materialize` task of the stage's outputs."""
     try:
-        lineage = _lineage(planned, config, tracking_uri, {})  # the keys; the counts come after
+        lineage = _lineage(planned, config, tracking_uri, None)  # the keys; counts come after
     except Exception as exc:  # lineage is a record beside the results: never stops a stage
         get_run_logger().warning("%s: no Prefect assets: %r", planned.name, exc)
         return task
@@ -109,7 +108,7 @@ def materializing(
 def add_stage_metadata(
     planned: PlannedStage,
     config: PipelineConfig,
-    manifest: dict[str, Any],
+    result: StageResult,
     tracking_uri: str | None,
     extra: dict[str, Any] | None = None,
 ) -> None:
@@ -119,7 +118,7 @@ def add_stage_metadata(
         return  # not a materializing task run
     keys = {asset.key for asset in context.downstream_assets}
     try:
-        writes = _lineage(planned, config, tracking_uri, manifest).writes
+        writes = _lineage(planned, config, tracking_uri, result).writes
     except Exception as exc:
         get_run_logger().warning("%s: no asset metadata: %r", planned.name, exc)
         return

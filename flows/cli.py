@@ -99,8 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     Ctrl-C stop the run within seconds: the trainer is stopped, the Prefect flow run ends
     Crashed, its MLflow runs KILLED, and the exit status is 128 + the signal (143, 130).
     """
-    from pipeline.config import ConfigError, load_config, require_source_files
+    from pipeline.config import ConfigError, load_config
     from pipeline.dag import check_selection, stage_names
+    from pipeline.ingest.files import require_source_files
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     previous = signal.signal(signal.SIGTERM, _stop_on_signal)

@@ -6,7 +6,7 @@ executor (pipeline/parallel.py) whose `map` runs the stage's units.
 
 With `execution.runner: dask`, the flow starts a `DaskTaskRunner` on a local cluster of
 `execution.workers` worker processes (one thread each), or connects to the scheduler at
-`execution.dask_address`. The data stages (`DASK_STAGES`) are submitted to it, so each runs as
+`execution.dask_address`. The data stages (those with `Stage.on_dask`) are submitted to it, so each runs as
 a Prefect task on a Dask worker; inside, `prefect_dask.get_dask_client()` gives a client of the
 same cluster and the stage's units are mapped over all its workers (`DaskExecutor`). Other
 stages (training launches its own process) run in the flow's process as before. Stage outputs
@@ -23,8 +23,7 @@ from prefect.states import State
 
 from pipeline.config import ExecutionConfig
 from pipeline.parallel import DaskExecutor, make_executor
-
-DASK_STAGES = frozenset({"ingest", "clean", "dedup"})
+from pipeline.stages.base import Stage
 
 
 def open_task_runner(execution: ExecutionConfig) -> Any | None:
@@ -52,10 +51,10 @@ def close_task_runner(runner: Any | None) -> None:
         runner.__exit__(None, None, None)
 
 
-def run_on(runner: Any | None, stage: str, task: Any, parameters: dict[str, Any]) -> State:
-    """Run a stage task: submitted to the Dask runner for data stages, else in this process;
-    returns its final state either way."""
-    if runner is None or stage not in DASK_STAGES:
+def run_on(runner: Any | None, stage: Stage, task: Any, parameters: dict[str, Any]) -> State:
+    """Run a stage task: submitted to the Dask runner for data stages (`stage.on_dask`), else in
+    this process; returns its final state either way."""
+    if runner is None or not stage.on_dask:
         return task(**parameters, return_state=True)
     future = runner.submit(task, parameters=parameters)
     future.wait()

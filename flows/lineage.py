@@ -25,6 +25,7 @@ from flows.assets import lineage_markdown
 from flows.ui import mlflow_model_url, mlflow_run_url
 from pipeline.config import PipelineConfig
 from pipeline.dag import PlannedStage
+from pipeline.outputs import StageResult
 from pipeline.tracking.lineage import (
     StageLineage,
     link_registered_model,
@@ -35,7 +36,11 @@ from pipeline.tracking.runs import Tracker
 
 
 def record_stage(
-    tracker: Tracker, planned: PlannedStage, config: PipelineConfig, result: dict[str, Any]
+    tracker: Tracker,
+    planned: PlannedStage,
+    config: PipelineConfig,
+    result: StageResult,
+    stage_run_id: str,
 ) -> StageLineage | None:
     try:
         lineage = stage_lineage(
@@ -46,7 +51,7 @@ def record_stage(
             result,
             tracker.tracking_uri,
         )
-        log_stage_datasets(tracker.client, result["stage_run_id"], lineage)
+        log_stage_datasets(tracker.client, stage_run_id, lineage)
         return lineage
     except Exception as exc:  # a record, not a result: warn and go on
         get_run_logger().warning("%s: lineage not recorded: %r", planned.name, exc)

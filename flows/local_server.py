@@ -27,7 +27,7 @@ class _DetachedPopen(subprocess.Popen):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["start_new_session"] = True
         if sys.platform == "linux" and threading.current_thread() is threading.main_thread():
-            from pipeline.dag import die_with_parent
+            from pipeline.processes import die_with_parent
 
             kwargs["preexec_fn"] = die_with_parent
         super().__init__(*args, **kwargs)

@@ -39,15 +39,14 @@ from flows.ui import (
     run_summary_markdown,
 )
 from pipeline import incremental
-from pipeline.config import PipelineConfig, load_config, require_source_files
+from pipeline.config import PipelineConfig, load_config
 from pipeline.dag import PlannedStage, check_selection, plan, run_stage, select, stage_names
-from pipeline.reports import recipe_tables, stage_markdown, stage_metrics
+from pipeline.ingest.files import require_source_files
+from pipeline.outputs import StageResult
+from pipeline.reports import stage_markdown, stage_metrics
 from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 from pipeline.train.ticks import PROGRESS_TICKS_ENV
 
-# Training resumes from its last checkpoint and registry writes can meet a locked SQLite
-# database: both are worth a retry. Data stages fail for reasons a retry does not change.
-RETRIES = {"pretrain": 1, "finetune": 1, "register": 2}
 SMALL_ARTIFACT_BYTES = 5 * 1024 * 1024
 # MLflow prints each run's URL (credentials of the tracking URI included) to stdout, which a
 # worker keeps in its log; the flow's own artifacts and summary carry clean links instead.
@@ -77,7 +76,7 @@ def stage_task(
     tracking_uri: str,
     mlflow_run_id: str,
 ) -> dict[str, Any]:
-    """Run one stage from its config; the returned manifest is what Prefect caches."""
+    """Run one stage from its config; the returned result (as a dict) is what Prefect caches."""
     logger = get_run_logger()
     parsed = PipelineConfig.model_validate(config)
     planned = {p.name: p for p in plan(parsed, Path(workdir), tracking_uri)}[stage]
@@ -92,13 +91,14 @@ def stage_task(
     progress = StageProgress(stage, logger.info)
     try:
         with stage_executor(parsed.execution) as executor:  # local processes or Dask workers
-            manifest = run_stage(
+            result = run_stage(
                 planned, parsed, tracking_uri, mlflow_run_id, log=progress, executor=executor
             )
     finally:
         progress.finish()
-    add_stage_metadata(planned, parsed, manifest, tracking_uri, {"mlflow_run_id": mlflow_run_id})
-    return {**manifest, "mlflow_run_id": manifest.get("mlflow_run_id", mlflow_run_id)}
+    add_stage_metadata(planned, parsed, result, tracking_uri, {"mlflow_run_id": mlflow_run_id})
+    # the MLflow run that made the output (a reused output was made by an earlier run)
+    return {**result.to_dict(), "reused": result.reused, "mlflow_run_id": mlflow_run_id}
 
 
 def _log_stage_files(tracker: Tracker, run_id: str, folder: Path) -> None:
@@ -117,30 +117,17 @@ def _log_stage_files(tracker: Tracker, run_id: str, folder: Path) -> None:
                 tracker.log_artifact(run_id, path, "output")
 
 
-def _log_stage_tables(tracker: Tracker, run_id: str, manifest: dict[str, Any]) -> None:
-    """Rejection reasons and generations as MLflow tables, viewable in the run's artifacts."""
-    counts = manifest.get("counts") or {}
+def _log_stage_tables(
+    tracker: Tracker, run_id: str, planned: PlannedStage, result: StageResult
+) -> None:
+    """Refusals by reason and the stage's row tables (generations, rules, the eval table...) as
+    MLflow tables, viewable in the run's artifacts."""
     for key in ("quarantined_by_reason", "rejected_by_rule"):
-        if counts.get(key):
-            rows = [{"reason": k, "documents": v} for k, v in counts[key].items()]
+        if result.counts.get(key):
+            rows = [{"reason": k, "documents": v} for k, v in result.counts[key].items()]
             tracker.log_table(run_id, rows, f"{key}.json")
-    if manifest.get("generations"):
-        tracker.log_table(run_id, manifest["generations"], "generations.json")
-    if manifest.get("rules"):  # clean: each rule, its threshold, what it removed
-        tracker.log_table(run_id, manifest["rules"], "rules.json")
-    rejected = [
-        {"rule": rule, **example}
-        for rule, examples in (manifest.get("examples_rejected") or {}).items()
-        for example in examples
-    ]
-    if rejected:
-        tracker.log_table(run_id, rejected, "rejected_examples.json")
-    if (manifest.get("near_duplicates") or {}).get("examples"):
-        tracker.log_table(run_id, manifest["near_duplicates"]["examples"], "near_duplicates.json")
-    if manifest.get("eval_table"):
-        tracker.log_table(run_id, manifest["eval_table"], "eval_table.json")
-    for key, rows in recipe_tables(manifest).items():  # contamination, quality, mixture
-        tracker.log_table(run_id, rows, f"{key}.json")
+    for name, rows in planned.stage.tables(result).items():
+        tracker.log_table(run_id, rows, f"{name}.json")
 
 
 def end_status(exc: BaseException) -> str:
@@ -185,7 +172,7 @@ def _run_stage_run(
     url = mlflow_run_url(tracker.tracking_uri, tracker.experiment_id, run_id)
     task = materializing(stage_task, STAGE_TASK_OPTIONS, planned, config, tracker.tracking_uri, url)
     task = task.with_options(  # the stage's outputs are its Prefect assets (flows/assets.py)
-        refresh_cache=not complete, retries=RETRIES.get(planned.name, 0), retry_delay_seconds=5
+        refresh_cache=not complete, retries=planned.stage.retries, retry_delay_seconds=5
     )
     parameters = dict(
         stage=planned.name,
@@ -195,17 +182,20 @@ def _run_stage_run(
         tracking_uri=tracker.tracking_uri,
         mlflow_run_id=run_id,
     )
-    state = run_on(task_runner, planned.name, task, parameters)  # data stages: on Dask, if set
-    manifest = state.result()  # raises the stage's error when it failed
-    cached = state.name == "Cached" or bool(manifest.get("reused"))
+    state = run_on(task_runner, planned.stage, task, parameters)  # data stages: Dask, if set
+    returned = state.result()  # raises the stage's error when it failed
+    result = StageResult.from_dict(returned)
+    cached = state.name == "Cached" or bool(returned.get("reused"))
+    result.reused = cached
+    made_by = returned.get("mlflow_run_id", "")
     tags = {"llmpipe.cached": str(cached).lower(), "llmpipe.output": str(planned.output.path)}
-    if cached and manifest.get("mlflow_run_id") != run_id:
-        tags["llmpipe.original_run_id"] = manifest.get("mlflow_run_id", "")
+    if cached and made_by != run_id:
+        tags["llmpipe.original_run_id"] = made_by
     tracker.set_tags(run_id, tags)
-    tracker.log_metrics(run_id, stage_metrics(manifest))
+    tracker.log_metrics(run_id, stage_metrics(result))
     _log_stage_files(tracker, run_id, planned.output.path)
-    _log_stage_tables(tracker, run_id, manifest)
-    markdown = stage_markdown(planned.name, {**manifest, "reused": cached})
+    _log_stage_tables(tracker, run_id, planned, result)
+    markdown = stage_markdown(planned.stage, result)
     uri, experiment_id = tracker.tracking_uri, tracker.experiment_id
     markdown += (
         f"\n\nMLflow: {link('stage run ' + run_id[:8], mlflow_run_url(uri, experiment_id, run_id))}"
@@ -215,13 +205,15 @@ def _run_stage_run(
     card = create_markdown_artifact(
         markdown=markdown, key=f"llmpipe-{planned.name}", description=planned.name
     )
-    if manifest.get("eval_table"):
+    if result.tables.get("eval_table"):
         create_table_artifact(
-            table=manifest["eval_table"], key="llmpipe-eval-table", description="evaluation"
+            table=result.tables["eval_table"], key="llmpipe-eval-table", description="evaluation"
         )
     tracker.end_run(run_id)
+    # the run's summary of this stage (pipeline_flow's return value): the result, and where
     return {
-        **manifest,
+        **result.to_dict(),
+        "mlflow_run_id": made_by,
         "cached": cached,
         "stage_run_id": run_id,
         "output": str(planned.output.path),
@@ -243,25 +235,29 @@ def _run_stages(
     tracking_uri = tracker.tracking_uri
     tracker.log_params(parent_id, config.model_dump(mode="json", exclude={"tracking"}))
     tracker.log_dict(parent_id, config.model_dump(mode="json", exclude={"tracking"}), "config.json")
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {}  # each stage's summary (the flow's return value)
+    made: dict[str, tuple[Path, StageResult]] = {}  # each stage's output folder and result
     lineages = []  # what each stage read and wrote: MLflow datasets, Prefect assets
     task_runner = open_task_runner(config.execution)  # a DaskTaskRunner, or None
     try:
         for planned in stages:
             results[planned.name] = _run_planned(planned, config, tracker, parent_id, task_runner)
-            lineages.append(record_stage(tracker, planned, config, results[planned.name]))
+            result = StageResult.from_dict(results[planned.name])
+            made[planned.name] = (planned.output.path, result)
+            run_id = results[planned.name]["stage_run_id"]
+            lineages.append(record_stage(tracker, planned, config, result, run_id))
             logger.info(
                 "%s: %s (%s)",
                 planned.name,
                 "cached" if results[planned.name]["cached"] else "done",
                 planned.output.path,
             )
-            if incremental.nothing_new(config, planned.name, results[planned.name]):
+            if planned.stage.nothing_new(config, result):
                 logger.info("%s: no new documents since the last increment; done", planned.name)
                 break
     finally:
         close_task_runner(task_runner)
-    incremental.record(config, work, results)
+    incremental.record(config, work, made)
     rows = [
         {
             "stage": name,
@@ -292,8 +288,8 @@ def _run_stages(
     with tempfile.TemporaryDirectory() as scratch:
         log_run_plots(tracker, parent_id, results, Path(scratch))
     for name in ("evaluate", "register"):  # the model's metrics, on the run a person opens
-        if name in results:
-            metrics = stage_metrics(results[name])
+        if name in made:
+            metrics = stage_metrics(made[name][1])
             metrics.pop("stage_seconds", None)  # each stage's time is on its own run
             tracker.log_metrics(parent_id, metrics)
     # the whole run's wall time, from the flow's start to here

@@ -1043,10 +1043,15 @@ class PipelineConfig(Section):
             )
         return name
 
+    @property
+    def pretrains(self) -> bool:
+        """Whether the pipeline pretrains (and runs the data stages before it): always, unless
+        it fine-tunes a model given in finetune.init_from."""
+        return not (self.finetune.enabled and self.finetune.init_from)
+
     @model_validator(mode="after")
     def _sources_when_pretraining(self) -> PipelineConfig:
-        outside_start = self.finetune.enabled and self.finetune.init_from
-        if not self.sources and not outside_start:
+        if not self.sources and self.pretrains:
             raise ValueError(
                 "sources: at least one source is needed to pretrain (or fine-tune a model "
                 "given in finetune.init_from, with finetune.tasks)"
@@ -1184,42 +1189,6 @@ def validate_config(raw: dict[str, Any]) -> PipelineConfig:
     if missing:
         raise ConfigError("invalid config:\n" + "\n".join("  - " + m for m in missing))
     return config
-
-
-def require_source_files(config: PipelineConfig) -> None:
-    """Before a pipeline run: every local source matches a file (ConfigError naming the keys).
-
-    Not part of `validate_config`: a config is also read where its sources are not (`llmpipe
-    eval --config`, a deployment made on another machine than the worker that runs it)."""
-    missing = missing_source_files(config) if _pretrains_from_sources(config) else []
-    if missing:
-        raise ConfigError("invalid config:\n" + "\n".join("  - " + m for m in missing))
-
-
-def _pretrains_from_sources(config: PipelineConfig) -> bool:
-    return not (config.finetune.enabled and config.finetune.init_from)
-
-
-def missing_source_files(config: PipelineConfig) -> list[str]:
-    """One line per local source whose path matches no file and is not marked `optional`.
-
-    A Hugging Face source's path may be a hub name, and a URL is not looked up before the
-    run: both are left to ingest, which quarantines what it cannot read."""
-    from pipeline.ingest.files import is_url, match_source_files
-
-    lines = []
-    for number, source in enumerate(config.sources):
-        if source.optional or source.type == "hf" or is_url(source.path):
-            continue
-        matched = match_source_files(source.type, source.path, config.base_dir)
-        if matched.problem in ("missing_path", "no_files"):
-            label = source.name or f"{source.type}:{source.path}"
-            lines.append(
-                f"sources.{number}.path: {matched.detail} for source {label!r}: "
-                f"{matched.resolved} (set `optional: true` on the source to skip it when "
-                "nothing matches)"
-            )
-    return lines
 
 
 def missing_eval_files(config: PipelineConfig) -> list[str]:

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import PipelineConfig
-from pipeline.outputs import write_json_atomic
+from pipeline.outputs import StageResult, write_json_atomic
 
 SEEN_DIR = "seen"
 
@@ -137,10 +137,13 @@ def _champion(config: PipelineConfig, tracking_uri: str | None) -> str | None:
     return f"models:/{name}/{version.version}"
 
 
-def record(config: PipelineConfig, workdir: Path, results: dict[str, dict[str, Any]]) -> None:
-    """Add a finished increment: its outputs and the keys of the documents it ingested."""
+def record(
+    config: PipelineConfig, workdir: Path, made: dict[str, tuple[Path, StageResult]]
+) -> None:
+    """Add a finished increment: its outputs (stage -> (output folder, result)) and the keys of
+    the documents it ingested."""
     needed = ("ingest", "dedup", "tokenizer", "shards", "pretrain", "register")
-    if config.run.mode != "incremental" or not all(stage in results for stage in needed):
+    if config.run.mode != "incremental" or not all(stage in made for stage in needed):
         return  # a partial run, or one that found nothing new: no increment to build on
     folder = state_dir(workdir, config)
     done = increments(workdir, config)
@@ -148,7 +151,7 @@ def record(config: PipelineConfig, workdir: Path, results: dict[str, dict[str, A
     seen = folder / SEEN_DIR
     seen.mkdir(parents=True, exist_ok=True)
     keys: list[str] = []
-    for path in _shards(Path(results["ingest"]["output"])):
+    for path in _shards(made["ingest"][0]):
         table = pq.read_table(path, columns=["id", "url", "text"])
         for doc in document_keys(
             table.column("id").to_pylist(),
@@ -159,27 +162,18 @@ def record(config: PipelineConfig, workdir: Path, results: dict[str, dict[str, A
     tmp = seen / f".increment-{number:04d}.parquet.tmp"
     pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), tmp)
     tmp.replace(seen / f"increment-{number:04d}.parquet")
-    registered = (results.get("register") or {}).get("registered") or {}
+    registered = made["register"][1].details.get("registered") or {}
     done.append(
         {
             "increment": number,
             **{
-                stage: results[stage]["output"]
+                stage: str(made[stage][0])
                 for stage in ("ingest", "dedup", "tokenizer", "shards", "pretrain")
-                if stage in results
+                if stage in made
             },
-            "documents": (results["ingest"].get("counts") or {}).get("documents"),
+            "documents": made["ingest"][1].counts.get("documents"),
             "registered": registered.get("model_uri"),
             "promoted": registered.get("promoted"),
         }
     )
     write_json_atomic(folder / "increments.json", done)
-
-
-def nothing_new(config: PipelineConfig, stage: str, manifest: dict[str, Any]) -> bool:
-    """True when an incremental run has no new document left after `stage`: it stops there."""
-    if config.run.mode != "incremental":
-        return False
-    counts = manifest.get("counts") or {}
-    key = {"ingest": "documents", "clean": "kept", "dedup": "kept"}.get(stage)
-    return key is not None and counts.get(key) == 0

@@ -1,13 +1,15 @@
-"""Stage output folders: fingerprints, manifests, atomic publication and leases.
+"""Stage output folders and what a stage produced: fingerprints, results, atomic publication.
 
 In: a stage name, its code version, the config fields that change its output and the
-fingerprints of its inputs. Out: `<workdir>/<stage>/<fingerprint>/`, holding the stage's files
-and a `_manifest.json`. A folder with a manifest is complete; a stage writes into
+fingerprints of its inputs; after the stage ran, its `StageResult`. Out:
+`<workdir>/<stage>/<fingerprint>/`, holding the stage's files and its result as
+`_manifest.json`. A folder with a manifest is complete; a stage writes into
 `<workdir>/<stage>/.partial-<fingerprint>/` and renames it into place only when done, so a
 crash never leaves something a later run could take for a finished output. While a stage runs,
-`<workdir>/<stage>/.<fingerprint>.lease` names the process that owns it beyond its PID (host,
-boot id, PID namespace, process start time) and is touched as a heartbeat; a lease whose owner
-is gone (exited, its PID reused, the machine restarted, or no heartbeat) is taken over.
+`<workdir>/<stage>/.<fingerprint>.lease` says who writes it (pipeline/leases.py).
+
+This module is the only one that reads or writes `_manifest.json`: everything else gets a
+`StageResult` (`read_result`, `StageOutput.result`).
 """
 
 from __future__ import annotations
@@ -16,17 +18,16 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.leases import lease
+
 MANIFEST = "_manifest.json"
-LEASE_POLL_SECONDS = 1.0
 
 
 def fingerprint(stage: str, version: int, config: dict[str, Any], inputs: list[str]) -> str:
@@ -52,7 +53,13 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o666) -> None:
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest as JSON (the result's serialized form, for tools that want the file)."""
     return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+
+
+def read_result(folder: Path) -> StageResult:
+    """The result of the complete stage output in `folder`."""
+    return StageResult.from_dict(read_manifest(folder))
 
 
 def is_complete(folder: Path) -> bool:
@@ -82,239 +89,17 @@ class StageOutput:
     def complete(self) -> bool:
         return is_complete(self.path)
 
-    def manifest(self) -> dict[str, Any]:
-        return read_manifest(self.path)
+    def result(self) -> StageResult:
+        return read_result(self.path)
 
-
-class LeaseHeld(RuntimeError):
-    """Another live process is writing this stage output."""
-
-
-# The owner of a lease touches it every LEASE_HEARTBEAT_SECONDS. A lease whose owner cannot be
-# looked up as a process from here (another host, another PID namespace, an older lease format)
-# is stale once its heartbeat is older than LEASE_STALE_SECONDS.
-LEASE_HEARTBEAT_SECONDS = 5.0
-LEASE_STALE_SECONDS = 60.0
-LEASE_LOG_SECONDS = 300.0  # a waiting run repeats what it waits for this often
-
-
-def _read_first_line(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.readline().strip()
-    except OSError:
-        return None
-
-
-def _process_start(pid: int) -> int | None:
-    """When a process started, in clock ticks since boot (Linux); None when unknown.
-
-    A PID is reused after its process exits; a PID and its start time name one process."""
-    stat = _read_first_line(f"/proc/{pid}/stat")
-    if not stat:
-        return None
-    try:  # the fields after the command name, which may itself hold spaces and ")"
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _pid_namespace() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def lease_owner() -> dict[str, Any]:
-    """Who this process is, as written into the leases it holds."""
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"),
-        "pid_namespace": _pid_namespace(),
-        "process_start": _process_start(os.getpid()),
-        "since": time.time(),
-    }
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stale_reason(owner: dict[str, Any] | None, heartbeat_age: float) -> str | None:
-    """Why a lease's owner is gone (None: it may still be writing).
-
-    On the same machine (host, boot and PID namespace) the owner is a process that can be looked
-    up: gone when its PID is dead or now belongs to a process that started at another time. From
-    elsewhere, only its heartbeat (the lease file's modification time) says it is alive.
-    """
-    if owner is None:
-        return "unreadable lease file"
-    pid = int(owner.get("pid", -1))
-    here = lease_owner()
-    same_machine = owner.get("host") == here["host"] and all(
-        owner.get(key) in (None, here[key]) for key in ("boot_id", "pid_namespace")
-    )
-    if same_machine:
-        if not _pid_alive(pid):
-            return f"its process {pid} has exited"
-        started = owner.get("process_start")
-        if started is not None and _process_start(pid) not in (None, started):
-            return f"PID {pid} now belongs to another process (the owner exited)"
-        if started is not None:
-            return None  # the very process that took it: alive
-    if owner.get("boot_id") not in (None, here["boot_id"]) and owner.get("host") == here["host"]:
-        return "the machine has restarted since it was taken"
-    if heartbeat_age > LEASE_STALE_SECONDS:
-        return f"no heartbeat for {heartbeat_age:.0f} s"
-    return None
-
-
-def describe_owner(owner: dict[str, Any] | None, heartbeat_age: float) -> str:
-    if owner is None:
-        return "an unreadable owner"
-    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(owner.get("since", 0))))
-    return (
-        f"process {owner.get('pid')} on host {owner.get('host')} since {since} "
-        f"(last heartbeat {heartbeat_age:.0f} s ago)"
-    )
-
-
-def _read_lease(path: Path) -> tuple[str, dict[str, Any] | None, float] | None:
-    """(raw text, owner, heartbeat age in seconds), or None when there is no lease."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    try:
-        owner = json.loads(text)
-    except ValueError:
-        owner = None
-    return text, owner if isinstance(owner, dict) else None, max(age, 0.0)
-
-
-def _create_exclusive(path: Path, text: str) -> None:
-    """Create `path` holding `text`, or raise FileExistsError: written aside, then hard-linked
-    into place, so no reader ever sees a lease without its owner."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive flock on a folder: lease files are only removed while holding it."""
-    import fcntl
-
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _remove_if_unchanged(path: Path, text: str) -> bool:
-    """Remove the lease only if it still holds `text`: two runs that both found it stale must
-    not remove the lease one of them has just taken."""
-    with _folder_lock(path.parent):
-        try:
-            if path.read_text(encoding="utf-8") != text:
-                return False
-        except FileNotFoundError:
-            return False
-        path.unlink()
-        return True
-
-
-class _Heartbeat:
-    """Touches the lease file every LEASE_HEARTBEAT_SECONDS while its owner works."""
-
-    def __init__(self, path: Path, text: str):
-        self.path, self.text = path, text
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
-        self.thread.start()
-
-    def _beat(self) -> None:
-        while not self.stopped.wait(LEASE_HEARTBEAT_SECONDS):
-            try:
-                if self.path.read_text(encoding="utf-8") != self.text:
-                    return  # no longer ours
-                os.utime(self.path)
-            except OSError:
-                return
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=LEASE_HEARTBEAT_SECONDS)
-
-
-def _quiet(message: str) -> None:
-    pass
-
-
-@contextmanager
-def lease(
-    path: Path, wait_seconds: float = 0.0, log: Callable[[str], None] = _quiet
-) -> Iterator[None]:
-    """Hold an exclusive lease file while the block runs; take over a gone owner's lease.
-
-    The lease names its owner (`lease_owner()`) and is touched as a heartbeat while held. A live
-    owner's lease raises `LeaseHeld`, or with `wait_seconds` is waited for (two pipeline runs
-    that meet on one stage: the second waits, then finds the output complete); `log` says what
-    is waited for, and which stale lease was taken over and why.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(lease_owner())
-    deadline = time.time() + wait_seconds
-    takeovers = 0
-    last_said = 0.0
-    while True:
-        try:
-            _create_exclusive(path, text)
-            break
-        except FileExistsError:
-            pass
-        held = _read_lease(path)
-        if held is None:
-            continue  # released meanwhile: try again
-        held_text, owner, age = held
-        reason = stale_reason(owner, age)
-        if owner is None and age < LEASE_HEARTBEAT_SECONDS:
-            reason = None  # maybe an older version's writer, still writing it
-        if reason is not None:
-            takeovers += 1
-            if takeovers > 10:
-                raise LeaseHeld(f"could not take the lease {path}")
-            if _remove_if_unchanged(path, held_text):
-                log(f"lease {path}: taking over from {describe_owner(owner, age)}: {reason}")
-            continue
-        who = describe_owner(owner, age)
-        if time.time() >= deadline:
-            raise LeaseHeld(f"{path} is held by {who}")
-        if time.time() - last_said >= LEASE_LOG_SECONDS:
-            left = deadline - time.time()
-            log(f"waiting for the lease {path}: held by {who}; waiting up to {left / 3600:.1f} h")
-            last_said = time.time()
-        time.sleep(min(LEASE_POLL_SECONDS, max(deadline - time.time(), 0.01)))
-    heartbeat = _Heartbeat(path, text)
-    try:
-        yield
-    finally:
-        heartbeat.stop()
-        _remove_if_unchanged(path, text)
+    @classmethod
+    def at(cls, folder: str | Path, stage: str) -> StageOutput:
+        """The output in an existing folder `<workdir>/<stage>/<fingerprint>`; ValueError when
+        it is not a complete output of that stage."""
+        path = Path(folder)
+        if path.parent.name != stage or not is_complete(path):
+            raise ValueError(f"{folder} is not a complete {stage} output")
+        return cls(path.parent.parent, stage, path.name)
 
 
 @contextmanager
@@ -322,7 +107,7 @@ def building(
     output: StageOutput,
     keep_partial: bool = False,
     wait_seconds: float = 0.0,
-    log: Callable[[str], None] = _quiet,
+    log: Callable[[str], None] = lambda _: None,
 ) -> Iterator[Path]:
     """Yield the partial folder to write into; the caller publishes it with `publish`.
 
@@ -342,11 +127,126 @@ def building(
                 shutil.rmtree(output.partial, ignore_errors=True)
 
 
-def publish(output: StageOutput, manifest: dict[str, Any]) -> Path:
-    """Write the manifest into the partial folder, then rename it into place."""
+def publish(output: StageOutput, result: StageResult) -> Path:
+    """Write the result into the partial folder, then rename it into place."""
     if output.path.exists():  # an older incomplete folder: it was never published
         shutil.rmtree(output.path)
-    manifest = {"stage": output.stage, "fingerprint": output.fingerprint, **manifest}
-    write_json_atomic(output.partial / MANIFEST, manifest)
+    result.stage, result.fingerprint = output.stage, output.fingerprint
+    write_json_atomic(output.partial / MANIFEST, result.to_dict())
     os.replace(output.partial, output.path)
     return output.path
+
+
+# ----------------------------------------------------------------------------- results
+
+RECORD_FIELDS = (
+    "stage",
+    "fingerprint",
+    "config",
+    "inputs",
+    "code_version",
+    "seconds",
+    "finished_at",
+)
+MEASURE_FIELDS = ("counts", "stats", "metrics", "files")
+
+
+@dataclass
+class StageResult:
+    """What a stage produced, beside its files.
+
+    - counts: how many of what went in, out, and where the rest went: numbers, and maps of
+      numbers by reason / source / language (`documents`, `kept`, `quarantined_by_reason`...);
+    - stats: facts about the output (vocab_size, tokens, bytes per token...);
+    - metrics: measured quality (val_loss, acc, ...), the numbers MLflow charts;
+    - tables: named row tables (eval_table, rules, generations, examples...), each a list of
+      dicts;
+    - files: what the output folder holds, name -> relative path;
+    - details: any other structured record (a registered version, a contamination report...),
+      never a list (lists are tables).
+    How it was made (stage, fingerprint, fingerprinted config, input fingerprints, code
+    version, seconds, finish time) is recorded by `pipeline.dag.run_stage`; `reused` says that
+    a run found it complete instead of making it.
+
+    The manifest stores the fields flat: `counts`, `stats`, `metrics`, `files`, each table and
+    each detail under its own name, beside the record; `from_dict` reads that layout back.
+    """
+
+    counts: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    stage: str = ""
+    fingerprint: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    code_version: int = 0
+    seconds: float = 0.0
+    finished_at: str = ""
+    reused: bool = False
+
+    def __post_init__(self) -> None:
+        names = set(self.tables) | set(self.details)
+        clash = names & (
+            set(RECORD_FIELDS) | set(MEASURE_FIELDS) | set(self.tables) & set(self.details)
+        )
+        if clash:
+            raise ValueError(f"result names used twice or reserved: {sorted(clash)}")
+        for name, value in self.details.items():
+            if isinstance(value, list):
+                raise TypeError(f"detail {name!r} is a list: a list of rows is a table")
+        for name, rows in self.tables.items():
+            if not isinstance(rows, list):
+                raise TypeError(f"table {name!r} is not a list of rows")
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> StageResult:
+        """From the dict a stage's implementation returns: `counts`, `stats`, `metrics` and
+        `files` as such, lists as tables, everything else as details."""
+        measures = {k: dict(body.get(k) or {}) for k in MEASURE_FIELDS}
+        rest = {k: v for k, v in body.items() if k not in MEASURE_FIELDS}
+        return cls(
+            **measures,
+            tables={k: v for k, v in rest.items() if isinstance(v, list)},
+            details={k: v for k, v in rest.items() if not isinstance(v, list)},
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageResult:
+        """From a manifest (or `to_dict()`); keys that orchestrators add beside it are ignored
+        only when they are not part of the result (see `ORCHESTRATION_KEYS`)."""
+        data = {k: v for k, v in data.items() if k not in ORCHESTRATION_KEYS}
+        record = {k: data.pop(k) for k in RECORD_FIELDS if k in data}
+        result = cls.from_body(data)
+        for key, value in record.items():
+            setattr(result, key, value)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest: flat, JSON-ready."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in MEASURE_FIELDS if getattr(self, k)}
+        out.update(self.tables)
+        out.update(self.details)
+        out.update({k: getattr(self, k) for k in RECORD_FIELDS})
+        return out
+
+
+# Keys that orchestrators (flows/pipeline.py) put beside a result in a run's summary.
+ORCHESTRATION_KEYS = frozenset(
+    {"reused", "cached", "stage_run_id", "output", "mlflow_run_id", "prefect_artifact_id"}
+)
+
+
+def merge_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """`part`'s counts added into `total` (in place; returned): numbers add, maps merge key by
+    key, anything else takes the latest value. The one merge of per-unit partial counts."""
+    for key, value in part.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, dict)):
+            total[key] = value
+        elif isinstance(value, dict):
+            merge_counts(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+    return total

@@ -1,13 +1,18 @@
-"""Human-readable summaries of stage manifests: markdown for the Prefect UI, rows for tables.
+"""Human-readable summaries of stage results: markdown for the Prefect UI, numbers for MLflow.
 
-In: a stage name and its manifest. Out: a markdown string (counts, rejection reasons, metrics,
-examples) and flat numeric metrics for MLflow. No orchestrator imports here.
+In: a stage (pipeline/stages) and its `StageResult`. Out: `stage_markdown` (what every stage
+shows: counts, rejection reasons, metrics, sources, languages, examples, generations, then the
+stage's own sections from `Stage.summary`), `stage_metrics` (flat numbers for MLflow), and the
+section renderers the stages choose from (rules, near duplicates, contamination, the quality
+classifier, the source mixture, the evaluation table, a registered version). No orchestrator
+imports here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline.outputs import StageResult
 from pipeline.tracking.runs import flatten
 
 
@@ -27,15 +32,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def stage_metrics(manifest: dict[str, Any]) -> dict[str, float]:
-    """Numeric counts, stats and metrics of a manifest, flattened for MLflow."""
+def stage_metrics(result: StageResult) -> dict[str, float]:
+    """Numeric counts, stats, metrics and edits of a result, flattened for MLflow."""
     out = {}
-    for section in ("counts", "stats", "metrics", "edits"):
-        for key, value in flatten(manifest.get(section) or {}).items():
+    for section in (result.counts, result.stats, result.metrics, result.details.get("edits")):
+        for key, value in flatten(section or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{key}"] = value
-    # The stage's own wall time (a pipeline run's parent MLflow run has `pipeline_seconds`).
-    out["stage_seconds"] = manifest.get("seconds", 0.0)
+    out["stage_seconds"] = result.seconds  # this stage's own time (not the whole run's)
     return out
 
 
@@ -74,11 +78,10 @@ def before_after_markdown(rows: list[dict[str, Any]]) -> str:
     return "## Fine-tuning: before and after\n\n" + _table(pairs, header) + "\n\n"
 
 
-def _cleaning_and_dedup_sections(manifest: dict[str, Any]) -> list[str]:
-    """Clean's rule table and edits; dedup's near-dup examples, removed text beside kept text:
-    what a person reads to judge a rule."""
+def cleaning_sections(result: StageResult) -> list[str]:
+    """Clean's rule table, its edits and rejected examples: what a person reads to judge a rule."""
     parts = []
-    rules = manifest.get("rules") or []
+    rules = result.tables.get("rules") or []
     if rules:
         # Four short columns, so the table fits the Prefect UI's card; the family of each rule
         # is in MLflow's rules.json, and removed documents are under "Rejected examples".
@@ -97,22 +100,33 @@ def _cleaning_and_dedup_sections(manifest: dict[str, Any]) -> list[str]:
             "`failing`: documents the rule alone would reject; `removed`: those it rejected "
             "first.\n\n" + _table(rows, header)
         )
-    edits = manifest.get("edits") or {}
+    edits = result.details.get("edits") or {}
     if edits:
         rows = [(name, _fmt(n)) for name, n in edits.items()]
         parts.append("## Edits\n\n" + _table(rows, ("edit", "count")))
-    near = (manifest.get("near_duplicates") or {}).get("examples") or []
-    if near:
-        rows = [(e["removed"][:150], e["kept"][:150]) for e in near]
-        parts.append("## Near duplicates\n\n" + _table(rows, ("removed", "kept")))
+    rejected = result.details.get("examples_rejected") or {}
+    if rejected:
+        lines = ["## Rejected examples"]
+        for rule, docs in rejected.items():
+            for doc in docs[:2]:
+                lines.append(f"- **{rule}**: {str(doc.get('text', ''))[:200]!r}")
+        parts.append("\n".join(lines))
     return parts
 
 
-def _recipe_sections(manifest: dict[str, Any]) -> list[str]:
-    """Decontamination's report per eval set, the quality classifier's measures, histogram and
-    deciles, and the shards' source mixture."""
+def dedup_sections(result: StageResult) -> list[str]:
+    """Dedup's near-duplicate examples, removed text beside kept text."""
+    near = (result.details.get("near_duplicates") or {}).get("examples") or []
+    if not near:
+        return []
+    rows = [(e["removed"][:150], e["kept"][:150]) for e in near]
+    return ["## Near duplicates\n\n" + _table(rows, ("removed", "kept"))]
+
+
+def contamination_sections(result: StageResult) -> list[str]:
+    """Decontamination's report per eval set, and the matches found."""
     parts = []
-    contamination = manifest.get("contamination") or {}
+    contamination = result.details.get("contamination") or {}
     if contamination.get("sets"):
         rows = []
         for name, entry in contamination["sets"].items():
@@ -134,13 +148,20 @@ def _recipe_sections(manifest: dict[str, Any]) -> list[str]:
         parts.append(
             f"## Contamination (action: {contamination.get('action')})\n\n" + _table(rows, header)
         )
-    found = manifest.get("contamination_examples") or []
+    found = result.tables.get("contamination_examples") or []
     if found:
         rows = [(e["set"], e["example_id"], e["action"], e["matching_words"][:150]) for e in found]
         parts.append(
             "## Matches\n\n" + _table(rows, ("eval set", "example", "action", "matching words"))
         )
-    quality = manifest.get("quality") or {}
+    return parts
+
+
+def quality_sections(result: StageResult) -> list[str]:
+    """The quality classifier's held-out measures, its score histogram and a document at each
+    decile."""
+    parts = []
+    quality = result.details.get("quality") or {}
     if quality:
         trained = (quality.get("classifier") or {}).get("trained_on") or {}
         measures = (quality.get("classifier") or {}).get("heldout") or {}
@@ -163,7 +184,13 @@ def _recipe_sections(manifest: dict[str, Any]) -> list[str]:
         parts.append(
             "## A document at each decile\n\n" + _table(rows, ("decile", "score", "source", "text"))
         )
-    mixture = manifest.get("mixture") or {}
+    return parts
+
+
+def mixture_sections(result: StageResult) -> list[str]:
+    """The shards' source mixture: tokens available, asked and written per source."""
+    parts = []
+    mixture = result.details.get("mixture") or {}
     if mixture.get("sources"):
         rows = [
             (
@@ -182,28 +209,32 @@ def _recipe_sections(manifest: dict[str, Any]) -> list[str]:
     return parts
 
 
-def stage_markdown(stage: str, manifest: dict[str, Any]) -> str:
-    reused = " (reused: output already complete)" if manifest.get("reused") else ""
-    parts = [
-        f"# {stage}{reused}",
-        f"Output `{manifest.get('fingerprint')}`, {manifest.get('seconds', 0):.1f} s.",
+def registered_section(result: StageResult) -> list[str]:
+    registered = result.details.get("registered")
+    if not registered:
+        return []
+    return [
+        f"Registered **{registered['model_name']}** version **{registered['version']}** "
+        f"({registered['metric']} = {registered['value']:.4f}); "
+        + ("promoted to `@champion`" if registered["promoted"] else "kept as `@challenger`")
+        + (f": {registered['reason']}." if registered.get("reason") else ".")
     ]
-    numbers = stage_metrics(manifest)
+
+
+def stage_markdown(stage: Any, result: StageResult) -> str:
+    """The card of one stage (`stage`: a pipeline.stages Stage): its counts and metrics, the
+    sources, refusals, repairs, languages, examples and generations it has, then its own
+    sections (`stage.summary`)."""
+    reused = " (reused: output already complete)" if result.reused else ""
+    parts = [
+        f"# {stage.name}{reused}",
+        f"Output `{result.fingerprint}`, {result.seconds:.1f} s.",
+    ]
+    numbers = stage_metrics(result)
     numbers.pop("stage_seconds", None)
-    evaluation = manifest.get("eval_table") or []
-    if evaluation:
-        parts.append(eval_markdown(evaluation))
-    elif numbers:
+    if numbers and not result.tables.get("eval_table"):
         parts.append(_table([(k, _fmt(v)) for k, v in numbers.items()], ("measure", "value")))
-    registered = manifest.get("registered")
-    if registered:
-        parts.append(
-            f"Registered **{registered['model_name']}** version **{registered['version']}** "
-            f"({registered['metric']} = {registered['value']:.4f}); "
-            + ("promoted to `@champion`" if registered["promoted"] else "kept as `@challenger`")
-            + (f": {registered['reason']}." if registered.get("reason") else ".")
-        )
-    counts = manifest.get("counts") or {}
+    counts = result.counts
     by_source = counts.get("by_source") or {}
     if by_source and isinstance(next(iter(by_source.values())), dict):
         rows = [
@@ -226,33 +257,10 @@ def stage_markdown(stage: str, manifest: dict[str, Any]) -> str:
         total = sum(languages.values()) or 1
         rows = [(lang, _fmt(n), f"{n / total:.1%}") for lang, n in top]
         parts.append("## Languages\n\n" + _table(rows, ("language", "documents", "share")))
+    parts.extend(stage.summary(result))
     for title, key in (("Examples", "examples"), ("Generations", "generations")):
-        rows = manifest.get(key) or []
+        rows = result.tables.get(key) or []
         if rows:
             header = tuple(rows[0].keys())
             parts.append(f"## {title}\n\n" + _table([tuple(r.values()) for r in rows], header))
-    parts.extend(_cleaning_and_dedup_sections(manifest))
-    parts.extend(_recipe_sections(manifest))
-    rejected = manifest.get("examples_rejected") or {}
-    if rejected:
-        lines = ["## Rejected examples"]
-        for rule, docs in rejected.items():
-            for doc in docs[:2]:
-                lines.append(f"- **{rule}**: {str(doc.get('text', ''))[:200]!r}")
-        parts.append("\n".join(lines))
     return "\n\n".join(parts)
-
-
-def recipe_tables(manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Tables for MLflow: contamination per eval set, quality deciles, the source mixture."""
-    tables = {}
-    sets = (manifest.get("contamination") or {}).get("sets") or {}
-    if sets:
-        tables["contamination"] = [{"eval_set": name, **entry} for name, entry in sets.items()]
-    deciles = (manifest.get("quality") or {}).get("deciles") or []
-    if deciles:
-        tables["quality_deciles"] = deciles
-    mixture = (manifest.get("mixture") or {}).get("sources") or {}
-    if mixture:
-        tables["mixture"] = [{"source": name, **entry} for name, entry in mixture.items()]
-    return tables

@@ -89,7 +89,7 @@ def test_a_stage_whose_lease_names_a_reused_pid_runs_at_once(tmp_path):
     (this test's own). The stage takes it over instead of waiting up to LEASE_WAIT_SECONDS."""
     import json
 
-    from pipeline.outputs import lease_owner
+    from pipeline.leases import lease_owner
 
     (tmp_path / "a.txt").write_text("A short document about leases and restarts.\n")
     config_path = tmp_path / "c.yaml"
@@ -99,7 +99,7 @@ def test_a_stage_whose_lease_names_a_reused_pid_runs_at_once(tmp_path):
     ingest.output.lease.parent.mkdir(parents=True)
     ingest.output.lease.write_text(json.dumps({**me, "process_start": me["process_start"] - 1}))
     said: list[str] = []
-    manifest = run_stage(ingest, load_config(config_path), log=said.append)
-    assert manifest["reused"] is False and ingest.output.complete()
+    result = run_stage(ingest, load_config(config_path), log=said.append)
+    assert result.reused is False and ingest.output.complete()
     assert not ingest.output.lease.exists()
     assert any("taking over" in line and "now belongs to another process" in line for line in said)

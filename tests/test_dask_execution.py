@@ -33,8 +33,8 @@ def test_dask_cluster_output_equals_single_process(tmp_path, prefect_server):
     config = load_config(QUICKSTART, [*SMALL_SHARDS, "execution.workers=1"])
     local = {"stages": {}}
     for planned in select(plan(config, tmp_path / "local"), only=DATA_STAGES):
-        manifest = run_stage(planned, config, log=lambda _: None)
-        local["stages"][planned.name] = {**manifest, "output": str(planned.output.path)}
+        result = run_stage(planned, config, log=lambda _: None)
+        local["stages"][planned.name] = {**result.to_dict(), "output": str(planned.output.path)}
     dask = pipeline_flow(
         QUICKSTART,
         workdir=str(tmp_path / "dask"),

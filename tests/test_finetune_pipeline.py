@@ -208,11 +208,11 @@ def test_finetune_a_hugging_face_gpt2_folder_with_lora(tmp_path):
     stages = plan(config, tmp_path / "work")
     assert [p.name for p in stages] == ["finetune", "evaluate", "register"]
     finetune = select(stages, only=["finetune"])[0]
-    manifest = run_stage(finetune, config, log=lambda line: None)
+    result = run_stage(finetune, config, log=lambda line: None)
     out = finetune.output.path
-    assert manifest["base_model"] == "base"
+    assert result.details["base_model"] == "base"
     assert (out / "base" / "imported_from.json").is_file()
-    metrics = manifest["metrics"]
+    metrics = result.metrics
     assert 0 < metrics["trainable_params"] < metrics["num_params"] / 5
     start, tuned = load_model(out / "base"), load_model(out / "final")
     assert start.state_dict().keys() == tuned.state_dict().keys()  # adapters merged away
@@ -252,13 +252,13 @@ def test_the_gpu_config_reads_its_shared_task_data_on_a_tiny_model(tmp_path, sha
     stages = {p.name: p for p in plan(config, tmp_path / "work")}
     assert list(stages) == ["finetune", "evaluate", "register"]
     finetune = run_stage(stages["finetune"], config, log=lambda line: None)
-    counts = finetune["counts"]["examples_by_task"]
+    counts = finetune.counts["examples_by_task"]
     assert set(counts) == {"sst2", "squad", "xsum", "multi30k_en_de"}
     assert all(
         c["train"] == 40 and c["eval"] > 0 and c["quarantined"] == 0 for c in counts.values()
     )
     evaluation = run_stage(stages["evaluate"], config, log=lambda line: None)
-    metrics = evaluation["metrics"]
+    metrics = evaluation.metrics
     for name in ("sst2_acc", "squad_f1", "xsum_rouge1", "multi30k_en_de_chrf"):
         assert name in metrics and f"base_{name}" in metrics
 
@@ -270,8 +270,8 @@ from pipeline.dag import plan, run_stage
 
 config = load_config(sys.argv[1], sys.argv[3:])
 stage = next(p for p in plan(config, sys.argv[2]) if p.name == "finetune")
-manifest = run_stage(stage, config, log=lambda line: print(line, flush=True))
-print("metrics", manifest["metrics"]["resumed_from_step"], manifest["metrics"]["steps"])
+result = run_stage(stage, config, log=lambda line: print(line, flush=True))
+print("metrics", result.metrics["resumed_from_step"], result.metrics["steps"])
 """
 
 

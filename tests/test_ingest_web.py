@@ -431,13 +431,13 @@ def test_all_source_types_in_one_config_through_the_dag(tmp_path):
     (tmp_path / "all.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     cfg = load_config(tmp_path / "all.yaml")
     ingest_stage = next(p for p in plan(cfg, Path(cfg.workdir)) if p.name == "ingest")
-    manifest = run_stage(ingest_stage, cfg, log=lambda line: None)
-    documents = {name: c["documents"] for name, c in manifest["counts"]["by_source"].items()}
+    result = run_stage(ingest_stage, cfg, log=lambda line: None)
+    documents = {name: c["documents"] for name, c in result.counts["by_source"].items()}
     assert all(documents.values()), documents
-    assert len(documents) == 8 and manifest["counts"]["quarantined"] == 0
-    report = stage_markdown("ingest", manifest)
+    assert len(documents) == 8 and result.counts["quarantined"] == 0
+    report = stage_markdown(ingest_stage.stage, result)
     assert "## Languages" in report and "## Sources" in report and "## Examples" in report
-    assert run_stage(ingest_stage, cfg)["reused"]
+    assert run_stage(ingest_stage, cfg).reused
 
 
 def test_a_slow_page_is_cut_off_by_the_time_limit_in_any_thread(tmp_path):

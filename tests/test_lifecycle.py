@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config, require_source_files
+from pipeline.config import ConfigError, load_config
+from pipeline.ingest.files import require_source_files
 from pipeline.train.request import TrainRequest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +173,7 @@ def test_train_launcher_allows_known_launchers_or_what_the_machine_opts_into(mon
 
 def test_a_launcher_runs_as_words_not_through_a_shell(tmp_path, monkeypatch):
     """Even an allowed launcher's arguments reach the program as they are: no shell."""
-    from pipeline.dag import launch_training
+    from pipeline.train.launch import launch_training
 
     monkeypatch.setenv("LLMPIPE_ALLOW_LAUNCHER", "1")
     marker = tmp_path / "owned"

@@ -11,16 +11,9 @@ import time
 
 import pytest
 
-from pipeline import outputs
-from pipeline.outputs import (
-    LeaseHeld,
-    StageOutput,
-    building,
-    fingerprint,
-    lease,
-    lease_owner,
-    publish,
-)
+from pipeline import leases
+from pipeline.leases import LeaseHeld, lease, lease_owner
+from pipeline.outputs import StageOutput, StageResult, building, fingerprint, publish
 
 
 def test_fingerprint_depends_on_everything_that_changes_output():
@@ -43,7 +36,7 @@ def test_publish_is_atomic_and_a_crash_leaves_nothing_complete(tmp_path):
     with building(out) as partial:
         assert list(partial.iterdir()) == []
         (partial / "data.txt").write_text("ok")
-        publish(out, {"counts": {"n": 1}})
+        publish(out, StageResult(counts={"n": 1}))
     assert out.complete()
     assert json.loads((out.path / "_manifest.json").read_text())["counts"] == {"n": 1}
 
@@ -126,7 +119,7 @@ def test_a_lease_from_another_host_lives_by_its_heartbeat(tmp_path, monkeypatch)
     with pytest.raises(LeaseHeld, match="another-host"):
         with lease(path):
             pass
-    old = time.time() - outputs.LEASE_STALE_SECONDS - 5  # no heartbeat for a while
+    old = time.time() - leases.LEASE_STALE_SECONDS - 5  # no heartbeat for a while
     os.utime(path, (old, old))
     said = []
     with lease(path, log=said.append):
@@ -135,7 +128,7 @@ def test_a_lease_from_another_host_lives_by_its_heartbeat(tmp_path, monkeypatch)
 
 
 def test_the_owner_touches_its_lease_while_it_works(tmp_path, monkeypatch):
-    monkeypatch.setattr(outputs, "LEASE_HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(leases, "LEASE_HEARTBEAT_SECONDS", 0.05)
     path = tmp_path / "stage" / ".f.lease"
     with lease(path):
         old = time.time() - 100
@@ -152,3 +145,49 @@ def test_a_lease_taken_over_meanwhile_is_not_removed_by_its_old_owner(tmp_path):
         path.unlink()  # as if another run had judged it stale and taken it
         _write_lease(path, host="another-host", pid=1)
     assert json.loads(path.read_text())["host"] == "another-host"
+
+
+def test_a_result_round_trips_through_its_manifest_and_reads_the_flat_layout(tmp_path):
+    """The manifest stores a result flat (counts, stats, metrics, files, each table and detail
+    by name, the record); reading it back gives the same typed result."""
+    result = StageResult(
+        counts={"documents": 3, "quarantined_by_reason": {"bad_json": 1}},
+        stats={"vocab_size": 512},
+        metrics={"val_loss": 2.5},
+        tables={"eval_table": [{"task": "val", "metric": "loss", "value": 2.5}]},
+        files={"model": "final"},
+        details={"registered": {"version": "3"}},
+        inputs={"shards": "abc"},
+    )
+    out = StageOutput(tmp_path, "evaluate", "f00")
+    with building(out):
+        publish(out, result)
+    manifest = json.loads((out.path / "_manifest.json").read_text())
+    assert manifest["eval_table"][0]["task"] == "val" and manifest["registered"]["version"] == "3"
+    back = out.result()
+    assert back.tables == result.tables and back.details == result.details
+    assert (back.counts, back.stats, back.metrics, back.files) == (
+        result.counts,
+        result.stats,
+        result.metrics,
+        result.files,
+    )
+    assert (
+        back.stage == "evaluate" and back.fingerprint == "f00" and back.inputs == {"shards": "abc"}
+    )
+
+
+def test_a_result_refuses_a_list_as_a_detail_and_reserved_names():
+    with pytest.raises(TypeError, match="a list of rows is a table"):
+        StageResult(details={"examples": [{"a": 1}]})
+    with pytest.raises(ValueError, match="used twice or reserved"):
+        StageResult(tables={"counts": []})
+
+
+def test_per_unit_counts_merge_once_for_every_stage():
+    from pipeline.outputs import merge_counts
+
+    total: dict = {}
+    merge_counts(total, {"kept": 2, "by_reason": {"short": 1}, "languages": {"en": 2}})
+    merge_counts(total, {"kept": 3, "by_reason": {"short": 2, "long": 1}, "languages": {}})
+    assert total == {"kept": 5, "by_reason": {"short": 3, "long": 1}, "languages": {"en": 2}}

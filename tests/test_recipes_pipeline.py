@@ -40,7 +40,7 @@ def _recipes_config(tmp_path: Path, **changes) -> Path:
         "hash_bits": 16,
     }  # fmt: skip
     raw["shards"]["mixture"] = {
-        "weights": {"wikitext2": 0.6, "squad": 0.4, "botchan": 0, "ftfy": 0}
+        "weights": {"wikitext2": 0.6, "squad": 0.4, "botchan": 0, "ftfy": 0, "xsum_news": 0}
     }
     raw["model"].update(n_layer=1, n_head=2, n_embd=32, block_size=64)
     raw["tokenizer"]["vocab_size"] = 512

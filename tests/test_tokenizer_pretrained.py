@@ -83,7 +83,7 @@ def test_the_tokenizer_stage_copies_a_given_folder_without_reading_documents(giv
     tokenizer_stage = stages["tokenizer"]
     assert tokenizer_stage.upstream == {}  # no dedup output needed: none exists here
 
-    manifest = run_stage(
+    result = run_stage(
         tokenizer_stage, config([f"tokenizer.pretrained={given}"], tmp_path / "work")
     )
 
@@ -91,12 +91,12 @@ def test_the_tokenizer_stage_copies_a_given_folder_without_reading_documents(giv
     assert {k: v for k, v in folder_bytes(out).items() if k != "_manifest.json"} == folder_bytes(
         given
     )
-    stats = manifest["stats"]
+    stats = result.stats
     assert stats["pretrained"] == str(given)
     assert stats["pretrained_sha256"] == locate_pretrained(str(given), ".", None).sha256
     vocab_size = Tokenizer.from_file(str(given / "tokenizer.json")).get_vocab_size()
     assert (stats["vocab_size"], stats["eot_id"], stats["pad_id"]) == (vocab_size, 0, 1)
-    assert manifest["counts"] == {"documents": 0}
+    assert result.counts == {"documents": 0}
     assert tokenizer_stage.config == {
         "tokenizer": {"pretrained_sha256": stats["pretrained_sha256"]}
     }

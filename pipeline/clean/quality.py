@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,7 +196,24 @@ def compute_signals(text: str) -> dict[str, float]:
     signals["short_line_ratio"] = sum(len(line) <= SHORT_LINE_CHARS for line in lines) / n_lines
     signals["duplicate_line_char_ratio"] = line_dup_chars / ((len(text) - text.count("\n")) or 1)
     signals["newline_word_ratio"] = text.count("\n") / n_tokens
+    for name, measure in SIGNALS.items():  # signals added by `@signal`
+        signals[name] = measure(view)
     return {name: round(float(value), 4) for name, value in signals.items()}
+
+
+# Signals beyond the built-in ones: name -> function of the text's TextView.
+SIGNALS: dict[str, Callable[[TextView], float]] = {}
+
+
+def signal(name: str) -> Callable[[Callable[[TextView], float]], Callable[[TextView], float]]:
+    """Register a signal: `@signal("uppercase_fraction")` on `def f(view: TextView) -> float`.
+    Every document gets it (stored with the others); a rule (RULES) can then decide on it."""
+
+    def register(measure: Callable[[TextView], float]) -> Callable[[TextView], float]:
+        SIGNALS[name] = measure
+        return measure
+
+    return register
 
 
 SIGNAL_NAMES = tuple(compute_signals("a b c d e f g h i j k.\nx"))
@@ -261,47 +279,81 @@ class QualityRule:
         return f"{self.signal}={value:g} is {side} {self.name}={self.threshold:g}"
 
 
-def quality_rules(cfg: CleanConfig) -> list[QualityRule]:
-    """The enabled rules in the order they are tried; the first that fails names the reason."""
-    rules: list[QualityRule] = []
+@dataclass(frozen=True)
+class RuleSpec:
+    """A threshold rule: the config field that holds its threshold (None: off) is its name."""
 
-    def add(name: str, signal: str, op: str, family: str, threshold: Any = None, **kw) -> None:
-        value = getattr(cfg, name) if threshold is None else threshold
-        if value is not None:
-            rules.append(QualityRule(name, signal, op, value, family, **kw))
+    name: str
+    signal: str
+    op: str  # ">=" or "<="
+    family: str
+    english_only: bool = False
 
-    if cfg.languages:
-        codes = tuple(sorted({language_code(lang) or lang for lang in cfg.languages}))
-        add("languages", "lang", "in", "language", codes)
-    add("min_language_score", "lang_score", ">=", "language")
-    add("min_words", "word_count", ">=", "gopher_quality")
-    add("max_words", "word_count", "<=", "gopher_quality")
-    add("min_mean_word_length", "mean_word_length", ">=", "gopher_quality")
-    add("max_mean_word_length", "mean_word_length", "<=", "gopher_quality")
-    add("max_symbol_word_ratio", "symbol_word_ratio", "<=", "gopher_quality")
-    add("max_bullet_line_ratio", "bullet_line_ratio", "<=", "gopher_quality")
-    add("max_ellipsis_line_ratio", "ellipsis_line_ratio", "<=", "gopher_quality")
-    add("min_alpha_word_ratio", "alpha_word_ratio", ">=", "gopher_quality")
-    add("min_stop_words", "stop_word_count", ">=", "gopher_quality", english_only=True)
-    add("max_duplicate_line_fraction", "duplicate_line_fraction", "<=", "gopher_repetition")
-    add(
+
+# The threshold rules in the order they are tried, after the language list (the n-gram rules
+# and the C4 switches follow them, see quality_rules). A new rule: a signal (built in, or
+# `@signal`), a row here, and its threshold field in CleanConfig.
+RULES: list[RuleSpec] = [
+    RuleSpec("min_language_score", "lang_score", ">=", "language"),
+    RuleSpec("min_words", "word_count", ">=", "gopher_quality"),
+    RuleSpec("max_words", "word_count", "<=", "gopher_quality"),
+    RuleSpec("min_mean_word_length", "mean_word_length", ">=", "gopher_quality"),
+    RuleSpec("max_mean_word_length", "mean_word_length", "<=", "gopher_quality"),
+    RuleSpec("max_symbol_word_ratio", "symbol_word_ratio", "<=", "gopher_quality"),
+    RuleSpec("max_bullet_line_ratio", "bullet_line_ratio", "<=", "gopher_quality"),
+    RuleSpec("max_ellipsis_line_ratio", "ellipsis_line_ratio", "<=", "gopher_quality"),
+    RuleSpec("min_alpha_word_ratio", "alpha_word_ratio", ">=", "gopher_quality"),
+    RuleSpec("min_stop_words", "stop_word_count", ">=", "gopher_quality", english_only=True),
+    RuleSpec("max_duplicate_line_fraction", "duplicate_line_fraction", "<=", "gopher_repetition"),
+    RuleSpec(
         "max_duplicate_paragraph_fraction",
         "duplicate_paragraph_fraction",
         "<=",
         "gopher_repetition",
-    )
-    add(
+    ),
+    RuleSpec(
         "max_duplicate_line_char_fraction",
         "duplicate_line_char_fraction",
         "<=",
         "gopher_repetition",
-    )
-    add(
+    ),
+    RuleSpec(
         "max_duplicate_paragraph_char_fraction",
         "duplicate_paragraph_char_fraction",
         "<=",
         "gopher_repetition",
-    )
+    ),
+]
+# Tried last, after C4's switches: the thresholds of C4's sentences and of FineWeb.
+LATE_RULES: list[RuleSpec] = [
+    RuleSpec("c4_min_sentences", "sentence_count", ">=", "c4"),
+    RuleSpec("fineweb_min_line_punct_ratio", "line_punct_ratio", ">=", "fineweb"),
+    RuleSpec("fineweb_max_short_line_ratio", "short_line_ratio", "<=", "fineweb"),
+    RuleSpec("fineweb_max_duplicate_line_char_ratio", "duplicate_line_char_ratio", "<=", "fineweb"),
+    RuleSpec("fineweb_max_newline_word_ratio", "newline_word_ratio", "<=", "fineweb"),
+]
+
+
+def _threshold_rules(specs: list[RuleSpec], cfg: CleanConfig) -> list[QualityRule]:
+    rules = []
+    for spec in specs:
+        threshold = getattr(cfg, spec.name, None)
+        if threshold is not None:
+            rules.append(
+                QualityRule(
+                    spec.name, spec.signal, spec.op, threshold, spec.family, spec.english_only
+                )
+            )
+    return rules
+
+
+def quality_rules(cfg: CleanConfig) -> list[QualityRule]:
+    """The enabled rules in the order they are tried; the first that fails names the reason."""
+    rules: list[QualityRule] = []
+    if cfg.languages:
+        codes = tuple(sorted({language_code(lang) or lang for lang in cfg.languages}))
+        rules.append(QualityRule("languages", "lang", "in", codes, "language"))
+    rules += _threshold_rules(RULES, cfg)
     for n, limit in cfg.max_top_ngram_char_fraction.items():
         rules.append(
             QualityRule(
@@ -323,15 +375,10 @@ def quality_rules(cfg: CleanConfig) -> list[QualityRule]:
             )
         )
     if cfg.c4_drop_lorem_ipsum:
-        add("c4_drop_lorem_ipsum", "lorem_ipsum_count", "<=", "c4", 0)
+        rules.append(QualityRule("c4_drop_lorem_ipsum", "lorem_ipsum_count", "<=", 0, "c4"))
     if cfg.c4_drop_curly_bracket:
-        add("c4_drop_curly_bracket", "curly_bracket_count", "<=", "c4", 0)
-    add("c4_min_sentences", "sentence_count", ">=", "c4")
-    add("fineweb_min_line_punct_ratio", "line_punct_ratio", ">=", "fineweb")
-    add("fineweb_max_short_line_ratio", "short_line_ratio", "<=", "fineweb")
-    add("fineweb_max_duplicate_line_char_ratio", "duplicate_line_char_ratio", "<=", "fineweb")
-    add("fineweb_max_newline_word_ratio", "newline_word_ratio", "<=", "fineweb")
-    return rules
+        rules.append(QualityRule("c4_drop_curly_bracket", "curly_bracket_count", "<=", 0, "c4"))
+    return rules + _threshold_rules(LATE_RULES, cfg)
 
 
 def first_failed_rule(rules: list[QualityRule], signals: dict[str, Any]) -> QualityRule | None:

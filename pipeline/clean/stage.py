@@ -50,6 +50,7 @@ from pipeline.clean.quality import (
 )
 from pipeline.config import CleanConfig
 from pipeline.documents import ShardWriter, shard_paths
+from pipeline.outputs import merge_counts
 from pipeline.parallel import Executor, SerialExecutor, describe, timed_map
 from pipeline.quarantine import QUARANTINE_FILE, Quarantine
 
@@ -241,19 +242,18 @@ def run_clean(
     results = timed_map(executor, "clean", clean_shard, units, seconds, log)
     _join_unit_files(out_dir, len(units))
 
-    rejected_by_rule: Counter[str] = Counter()
-    failing: Counter[str] = Counter()
-    edits: Counter[str] = Counter()
+    totals: dict[str, Any] = {}
     examples: dict[str, list[dict[str, Any]]] = {}
     for result in results:  # unit order: the examples are the first ones in document order
-        rejected_by_rule.update(result["rejected_by_rule"])
-        failing.update(result["failing"])
-        edits.update(result["edits"])
+        counted = ("input", "kept", "rejected_by_rule", "failing", "edits")
+        merge_counts(totals, {key: result[key] for key in counted})
         for reason, docs in result["examples"].items():
             room = MAX_EXAMPLES - len(examples.setdefault(reason, []))
             examples[reason].extend(docs[: max(room, 0)])
-    seen = sum(r["input"] for r in results)
-    kept = sum(r["kept"] for r in results)
+    seen, kept = totals.get("input", 0), totals.get("kept", 0)
+    rejected_by_rule = Counter(totals.get("rejected_by_rule", {}))
+    failing = Counter(totals.get("failing", {}))
+    edits = Counter(totals.get("edits", {}))
     rules = quality_rules(cfg)
     return {
         "counts": {

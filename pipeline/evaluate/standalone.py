@@ -14,7 +14,6 @@ version's `llmpipe.shards_output` tag, or given explicitly; otherwise the task i
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from pipeline.config import EvaluateConfig
 from pipeline.evaluate.suite import run_evaluation
 from pipeline.generate import resolve_model_dir
 from pipeline.model_uris import registered_version
+from pipeline.outputs import is_complete, read_result
 
 
 def find_shards(model: str, model_dir: Path, version: Any | None) -> Path | None:
@@ -30,14 +30,13 @@ def find_shards(model: str, model_dir: Path, version: Any | None) -> Path | None
     candidates = []
     if version is not None and version.tags.get("llmpipe.shards_output"):
         candidates.append(Path(version.tags["llmpipe.shards_output"]))
-    # <workdir>/pretrain/<fp>/final: the pretrain manifest names the shards it read.
+    # <workdir>/pretrain/<fp>/final: the pretrain result names the shards it read.
     for folder in (Path(model), model_dir):
-        manifest = folder.parent / "_manifest.json"
-        if folder.name == "final" and manifest.is_file():
-            inputs = json.loads(manifest.read_text(encoding="utf-8")).get("inputs") or {}
-            if inputs.get("shards"):
-                candidates.append(folder.parent.parent.parent / "shards" / inputs["shards"])
-    return next((c for c in candidates if (c / "_manifest.json").is_file()), None)
+        if folder.name == "final" and is_complete(folder.parent):
+            shards = read_result(folder.parent).inputs.get("shards")
+            if shards:
+                candidates.append(folder.parent.parent.parent / "shards" / shards)
+    return next((c for c in candidates if is_complete(c)), None)
 
 
 def evaluate_named_model(
@@ -56,8 +55,7 @@ def evaluate_named_model(
     shards_dir = shards_dir or find_shards(model, model_dir, version)
     bytes_per_token = None
     if shards_dir is not None:
-        stats = json.loads((Path(shards_dir) / "_manifest.json").read_text())["stats"]
-        bytes_per_token = float(stats["bytes_per_token_val"])
+        bytes_per_token = float(read_result(Path(shards_dir)).stats["bytes_per_token_val"])
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="llmpipe-eval-"))
     result = run_evaluation(
         model_dir, cfg, base_dir, out, shards_dir, bytes_per_token, tasks, log=lambda _: None

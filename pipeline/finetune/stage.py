@@ -185,6 +185,7 @@ def run_finetune_stage(
 
 def base_model_dir(finetune_out: Path) -> Path:
     """The model a finished fine-tune started from (for the base-vs-fine-tuned comparison)."""
-    manifest = json.loads((finetune_out / "_manifest.json").read_text())
-    base = Path(manifest["base_model"])
+    from pipeline.outputs import read_result
+
+    base = Path(read_result(finetune_out).details["base_model"])
     return base if base.is_absolute() else finetune_out / base

@@ -39,6 +39,7 @@ from fnmatch import translate
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from pipeline.config import ConfigError, PipelineConfig, source_description
 from pipeline.ingest.encoding import SNIFF_BYTES, TextEncoding, detect_text_encoding, sniff_binary
 
 if TYPE_CHECKING:
@@ -817,8 +818,6 @@ def source_input_fingerprint(sources: list, base_dir: str | Path) -> list[str]:
                     files.append([name, file_size(file), file_content_digest(file)])
                 except OSError as exc:
                     files.append([name, None, f"unreadable: {exc.strerror or exc}"])
-        from pipeline.config import source_description  # config imports this module
-
         payload: dict[str, Any] = {"source": source_description(source), "files": files}
         if matched.skipped:
             payload["skipped"] = [[s.name, s.reason] for s in matched.skipped]
@@ -883,3 +882,36 @@ def jsonl_records(
                 locator=display,
                 detail=f"{type(exc).__name__}: {exc}",
             )
+
+
+# ------------------------------------------------------------------- before a run
+
+
+def require_source_files(config: PipelineConfig) -> None:
+    """Before a pipeline run: every local source matches a file (ConfigError naming the keys).
+
+    Not part of `validate_config`: a config is also read where its sources are not (`llmpipe
+    eval --config`, a deployment made on another machine than the worker that runs it)."""
+    missing = missing_source_files(config) if config.pretrains else []
+    if missing:
+        raise ConfigError("invalid config:\n" + "\n".join("  - " + m for m in missing))
+
+
+def missing_source_files(config: PipelineConfig) -> list[str]:
+    """One line per local source whose path matches no file and is not marked `optional`.
+
+    A Hugging Face source's path may be a hub name, and a URL is not looked up before the
+    run: both are left to ingest, which quarantines what it cannot read."""
+    lines = []
+    for number, source in enumerate(config.sources):
+        if source.optional or source.type == "hf" or is_url(source.path):
+            continue
+        matched = match_source_files(source.type, source.path, config.base_dir)
+        if matched.problem in ("missing_path", "no_files"):
+            label = source.name or f"{source.type}:{source.path}"
+            lines.append(
+                f"sources.{number}.path: {matched.detail} for source {label!r}: "
+                f"{matched.resolved} (set `optional: true` on the source to skip it when "
+                "nothing matches)"
+            )
+    return lines

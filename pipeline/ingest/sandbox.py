@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ingest.html import ExtractionFailed
+from pipeline.processes import die_with_parent
 
 GRACE_SECONDS = 2.0  # past the soft limit, before the child is killed
 START_SECONDS = 120.0  # for the child's imports, on a loaded machine
@@ -232,18 +233,6 @@ atexit.register(close_workers, this_thread_only=False)
 # ------------------------------------------------------------------------------ the child
 
 
-def _die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _limit_memory() -> None:
     try:
         import resource
@@ -263,7 +252,8 @@ class _Settings:
 
 
 def _serve(conn: _Duplex) -> None:
-    from pipeline.ingest import feeds, html
+    import pipeline.ingest.feeds as feeds
+    import pipeline.ingest.html as html
 
     op, values = conn.recv()
     assert op == "settings"
@@ -316,7 +306,7 @@ def _serve(conn: _Duplex) -> None:
 
 def child_main() -> None:
     read_fd, write_fd = int(sys.argv[1]), int(sys.argv[2])
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)
     if os.getppid() == 1:  # the parent is already gone
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches it too

@@ -19,8 +19,9 @@ ARCH_PRESETS: dict[str, dict[str, Any]] = {
 }
 ARCHITECTURES = tuple(ARCH_PRESETS)
 POSITIONS = ("learned", "rope")
-NORMS = ("layernorm", "rmsnorm")  # the module for each: pipeline/model/gpt.py NORMS
-# the default hidden width of each MLP (the modules: pipeline/model/gpt.py MLPS)
+NORMS = {"layernorm", "rmsnorm"}  # the module for each: pipeline/model/gpt.py NORM_MODULES
+# the default hidden width of each MLP (the modules: pipeline/model/gpt.py MLP_MODULES); a new
+# block is registered with pipeline.model.gpt.register_mlp / register_norm
 MLP_WIDTH = {"gelu": lambda n_embd: 4 * n_embd, "swiglu": lambda n_embd: int(8 * n_embd / 3)}
 
 
@@ -55,9 +56,8 @@ class GPTConfig:
                 setattr(self, name, value)
         for name, allowed in (("norm", NORMS), ("position", POSITIONS), ("mlp", MLP_WIDTH)):
             if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
-                )
+                choices = ", ".join(sorted(allowed))
+                raise ValueError(f"{name} must be one of {choices}, not {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:

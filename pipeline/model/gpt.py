@@ -6,11 +6,11 @@ given targets, a mean cross-entropy loss; `generate` samples continuations with 
 `num_params` and `flops_per_token` give the size and the training FLOPs estimate used for MFU.
 
 The blocks are config fields (as litgpt's `mlp_class_name`), each looked up in its table:
-  - `norm`: `layernorm` or `rmsnorm` (NORMS);
+  - `norm`: `layernorm` or `rmsnorm` (NORM_MODULES);
   - `position`: `learned` (a position embedding) or `rope` (rotary embeddings on queries and
     keys);
   - `mlp`: `gelu` (4x wide) or `swiglu` (silu(gate(x)) * up(x), 8/3 x wide so the parameter
-    count matches) (MLPS);
+    count matches) (MLP_MODULES);
   - `bias` on the linear layers, `tie_embeddings` (the head shares the token embedding),
     `qk_norm` (RMSNorm on each head's queries and keys before attention, as OLMo 2).
 `arch` names a preset of those fields (ARCH_PRESETS): `gpt2` (GPT-2 / nanoGPT: LayerNorm, learned
@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.model.config import ARCH_PRESETS, ARCHITECTURES, GPTConfig
+from pipeline.model.config import ARCH_PRESETS, ARCHITECTURES, MLP_WIDTH, NORMS, GPTConfig
 
 __all__ = ["ARCH_PRESETS", "ARCHITECTURES", "GPT", "GPTConfig", "IGNORE_INDEX", "KVCache"]
 
@@ -139,15 +139,31 @@ class SwiGLU(nn.Module):
         return self.dropout(self.c_proj(F.silu(self.c_gate(x)) * self.c_fc(x)))
 
 
-MLPS: dict[str, type[nn.Module]] = {"gelu": MLP, "swiglu": SwiGLU}
-NORMS = {
+# The blocks a config can name (`mlp:`, `norm:`), each built from the GPTConfig.
+MLP_MODULES: dict[str, Callable[[GPTConfig], nn.Module]] = {"gelu": MLP, "swiglu": SwiGLU}
+NORM_MODULES: dict[str, Callable[[GPTConfig], nn.Module]] = {
     "layernorm": lambda c: nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias),
     "rmsnorm": lambda c: nn.RMSNorm(c.n_embd, eps=c.norm_eps),
 }
 
 
+def register_mlp(
+    name: str, module: Callable[[GPTConfig], nn.Module], width: Callable[[int], int]
+) -> None:
+    """A new MLP block: `module(config)` builds it, `width(n_embd)` is its default hidden width
+    (`mlp_hidden`). A model config picks it with `mlp: NAME` (add NAME to ModelConfig.mlp)."""
+    MLP_MODULES[name] = module
+    MLP_WIDTH[name] = width
+
+
+def register_norm(name: str, module: Callable[[GPTConfig], nn.Module]) -> None:
+    """A new normalization: `module(config)` builds one over n_embd; `norm: NAME` picks it."""
+    NORM_MODULES[name] = module
+    NORMS.add(name)
+
+
 def make_norm(config: GPTConfig) -> nn.Module:
-    return NORMS[config.norm](config)
+    return NORM_MODULES[config.norm](config)
 
 
 class Block(nn.Module):
@@ -156,7 +172,7 @@ class Block(nn.Module):
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = make_norm(config)
-        self.mlp = MLPS[config.mlp](config)
+        self.mlp = MLP_MODULES[config.mlp](config)
 
     def forward(
         self,

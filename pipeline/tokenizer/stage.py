@@ -4,7 +4,7 @@ In: the pipeline config, the dedup output (documents), and for shards the tokeni
 Out: the tokenizer stage's folder (a trained or reused `tokenizer.json` + transformers files)
 and the shards stage's folder (`train-*.bin`, `val-*.bin`), each with its manifest body.
 
-What the tokenizer stage depends on, for its fingerprint (`tokenizer_dependencies`):
+What the tokenizer stage depends on, for its fingerprint (`tokenizer_fields`):
 - trained: the documents (the dedup output), the `tokenizer` config, and the split fields of
   `shards` (the val documents are held out of training and measured on);
 - given (`tokenizer.pretrained`): the SHA-256 of the given files alone, so the same tokenizer
@@ -25,19 +25,14 @@ from pipeline.tokenizer.text_encoder import TOKENIZER_FILE
 from pipeline.tokenizer.train_bpe import train_tokenizer
 
 
-def tokenizer_dependencies(
-    config: PipelineConfig, tracking_uri: str | None, documents: str = "dedup"
-) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """(upstream stages read, fingerprinted config fields) of the tokenizer stage; `documents`
-    is the stage whose documents it trains on (the last document stage)."""
+def tokenizer_fields(config: PipelineConfig, tracking_uri: str | None) -> dict[str, Any]:
+    """The fingerprinted config of the tokenizer stage: a given tokenizer's content hash, or
+    the training settings (and the document split it holds the val documents out by)."""
     cfg = config.tokenizer
     if cfg.pretrained:
         given = locate_pretrained(cfg.pretrained, config.base_dir, tracking_uri)
-        return (), {"tokenizer": {"pretrained_sha256": given.sha256}}
-    return (documents,), {
-        "tokenizer": fingerprint_fields(cfg),
-        "shards": split_fields(config.shards),
-    }
+        return {"tokenizer": {"pretrained_sha256": given.sha256}}
+    return {"tokenizer": fingerprint_fields(cfg), "shards": split_fields(config.shards)}
 
 
 def run_tokenizer_stage(

@@ -2,7 +2,7 @@
 as an MLflow LoggedModel tied to its training run, its eval metrics and their datasets.
 
 In: a stage's name, its output folder `<workdir>/<stage>/<fingerprint>` and its upstream
-folders (their `_manifest.json`), the config (source, fine-tuning and eval files). Out:
+folders (their results), the config (source, fine-tuning and eval files). Out:
 
 - `stage_lineage()`: a `StageLineage` of `DataRef`s (name, stable URI, digest, kind, profile,
   schema) for what the stage read (with a context: source, input, training, evaluation) and
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
+from pipeline.outputs import StageResult, read_result
 from pipeline.tracking.runs import flatten, redact, safe_params
 
 DOCUMENT_STAGES = ("ingest", "clean", "dedup")
@@ -59,11 +60,11 @@ class StageLineage:
 # ------------------------------------------------------------------------------------ refs
 
 
-def _manifest(folder: Path) -> dict[str, Any]:
+def _result(folder: Path) -> StageResult:
     try:
-        return json.loads((folder / "_manifest.json").read_text(encoding="utf-8"))
+        return read_result(folder)
     except (OSError, ValueError):
-        return {}
+        return StageResult()
 
 
 _ARROW_TYPES = {"string": "string", "large_string": "string", "bool": "boolean"}
@@ -88,7 +89,7 @@ def _documents(stage: str, folder: Path) -> DataRef:
 
 
 def _tokenizer(folder: Path) -> DataRef:
-    stats = _manifest(folder).get("stats", {})
+    stats = _result(folder).stats
     profile = {
         k: stats[k]
         for k in ("vocab_size", "heldout_bytes_per_token", "heldout_words_per_token")
@@ -102,7 +103,7 @@ def _tokenizer(folder: Path) -> DataRef:
 
 
 def _shards(folder: Path) -> DataRef:
-    counts = _manifest(folder).get("counts", {})
+    counts = _result(folder).counts
     keys = ("train_tokens", "val_tokens", "train_documents", "val_documents")
     profile = {k: counts[k] for k in keys if k in counts}
     schema = (("token_id", "integer"),)  # flat arrays of ids, documents separated by <|endoftext|>
@@ -110,14 +111,14 @@ def _shards(folder: Path) -> DataRef:
 
 
 def _model(stage: str, folder: Path) -> DataRef:
-    metrics = _manifest(folder).get("metrics", {})
+    metrics = _result(folder).metrics
     keys = ("num_params", "steps", "tokens_seen", "best_val_loss")
     profile = {k: metrics[k] for k in keys if isinstance(metrics.get(k), (int, float))}
     return DataRef(f"{stage} checkpoint", folder.as_uri(), folder.name, "model", profile)
 
 
 def _examples(folder: Path) -> DataRef:
-    by_task = _manifest(folder).get("counts", {}).get("examples_by_task", {})
+    by_task = _result(folder).counts.get("examples_by_task", {})
     profile = {
         f"{split}_examples": sum(int(c.get(split, 0)) for c in by_task.values())
         for split in ("train", "eval")
@@ -129,11 +130,8 @@ def _examples(folder: Path) -> DataRef:
 
 
 def _eval_table(folder: Path) -> DataRef:
-    manifest = _manifest(folder)
-    profile = {
-        "rows": len(manifest.get("eval_table", [])),
-        "metrics": len(manifest.get("metrics", {})),
-    }
+    result = _result(folder)
+    profile = {"rows": len(result.tables.get("eval_table", [])), "metrics": len(result.metrics)}
     columns = ("task", "metric", "value", "stderr", "examples", "method", "note")
     types = {"value": "double", "stderr": "double", "examples": "long"}
     schema = tuple((c, types.get(c, "string")) for c in columns)
@@ -244,12 +242,17 @@ def registered_ref(
     return DataRef(f"{name} v{version}", uri, f"v{version}", "registered model", profile)
 
 
+def _document_stage(upstream: dict[str, Path]) -> str:
+    """The document stage a stage read (the last of the document stages the plan has)."""
+    return next((n for n in ("quality", "decontaminate", "dedup") if n in upstream), "dedup")
+
+
 def stage_lineage(
     stage: str,
     output: Path,
     upstream: dict[str, Path],
     config: PipelineConfig,
-    manifest: dict[str, Any],
+    result: StageResult | None,
     tracking_uri: str | None = None,
 ) -> StageLineage:
     """What `stage` read and wrote (see the module docstring)."""
@@ -262,13 +265,14 @@ def stage_lineage(
 
     writes = output_ref(stage, output)
     if stage == "ingest":
-        reads += [(ref, "source") for ref in source_refs(config, manifest.get("counts", {}))]
+        counts = result.counts if result is not None else {}
+        reads += [(ref, "source") for ref in source_refs(config, counts)]
     elif stage in ("clean", "dedup"):
         read(DOCUMENT_STAGES[DOCUMENT_STAGES.index(stage) - 1])
     elif stage == "tokenizer":
-        read("dedup", "training")
+        read(_document_stage(upstream), "training")
     elif stage == "shards":
-        read("dedup")
+        read(_document_stage(upstream))
         read("tokenizer")
     elif stage == "pretrain":
         read("shards", "training")
@@ -285,9 +289,8 @@ def stage_lineage(
     elif stage == "register":
         read("evaluate")
         read("finetune" if "finetune" in upstream else "pretrain", kinds=("model",))
-        writes = [
-            registered_ref(tracking_uri, config.register.model_name, manifest.get("registered"))
-        ]
+        registered = result.details.get("registered") if result is not None else None
+        writes = [registered_ref(tracking_uri, config.register.model_name, registered)]
     return StageLineage(stage, tuple(reads), tuple(writes))
 
 
