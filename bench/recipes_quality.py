@@ -30,8 +30,8 @@ from ingest_common import SHARED, need_shared, table, write_results  # noqa: E40
 
 from pipeline.config import validate_config  # noqa: E402
 from pipeline.documents import make_document, write_documents  # noqa: E402
-from pipeline.evaluate.wikitext import wikitext_pages  # noqa: E402
 from pipeline.quality import load_classifier, run_quality  # noqa: E402
+from pipeline.wikitext import wikitext_pages  # noqa: E402
 
 HTML = [
     SHARED / "html" / "article_extraction_benchmark" / "html",

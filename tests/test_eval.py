@@ -22,8 +22,8 @@ from pipeline.evaluate.tasks import (
     run_multiple_choice,
     run_perplexity,
 )
-from pipeline.evaluate.wikitext import wikitext_pages
 from pipeline.quarantine import Quarantine, read_quarantine
+from pipeline.wikitext import wikitext_pages
 
 CHARS = ["<eot>", " ", "a", "b"]  # token ids 0..3; characters map to their index
 P = torch.tensor(

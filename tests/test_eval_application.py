@@ -21,9 +21,10 @@ from pipeline.evaluate.application import (
     run_qa,
     run_translation,
 )
+from pipeline.evaluate.runners import RUNNERS
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.task_metrics import bleu_chrf, exact_match, token_f1
-from pipeline.evaluate.tasks import RUNNERS, EvalContext, TaskSkipped, eval_input_fingerprints
+from pipeline.evaluate.tasks import EvalContext, TaskSkipped, eval_input_fingerprints
 from pipeline.generate import load_generator
 from pipeline.quarantine import Quarantine
 from pipeline.special_tokens import EOT_TOKEN as EOT

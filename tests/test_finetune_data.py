@@ -556,3 +556,37 @@ def test_lora_with_trained_embeddings(workspace):
     assert torch.equal(end[wte], end["lm_head.weight"])  # still tied
     norms = [k for k in start if "norm" in k or k.endswith(("ln_1.weight", "ln_2.weight"))]
     assert norms and all(torch.equal(start[k], end[k]) for k in norms)  # frozen
+
+
+def test_a_training_process_gets_the_finetune_data_module_from_the_request_alone():
+    """pipeline.train imports nothing from pipeline.finetune: a fresh process that imports only
+    pipeline.train finds the "finetune" data module through the module the request names."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from types import SimpleNamespace
+from pipeline.train.pretrain import make_data
+assert "pipeline.finetune" not in sys.modules, "pipeline.train imported pipeline.finetune"
+request = SimpleNamespace(
+    finetune={"examples_dir": "ex", "data_module": "pipeline.finetune.data"},
+    tokenizer_path="tok.json",
+    shards_dir="",
+)
+train = SimpleNamespace(batch_size=2, val_batches=1, seed=0, grad_accum_steps=1)
+data = make_data(request, train, 16)
+print(type(data).__module__, type(data).__name__, data.block_size)
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["pipeline.finetune.data", "SFTDataModule", "16"]

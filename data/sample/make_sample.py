@@ -44,7 +44,7 @@ DEFAULT_SHARED = Path("/work/shared/data")
 sys.path.insert(0, str(HERE.parent.parent))  # the repository, for the rules shared with pipeline/
 
 from pipeline.evaluate.tasks import hellaswag_context, hellaswag_preprocess  # noqa: E402
-from pipeline.evaluate.wikitext import (  # noqa: E402
+from pipeline.wikitext import (  # noqa: E402
     ARTICLE_HEADING,
     LOWERCASE_FIRST_WORD,
     detokenize_wikitext,
@@ -52,7 +52,7 @@ from pipeline.evaluate.wikitext import (  # noqa: E402
 
 # ------------------------------------------------------------------------------ WikiText-2
 
-# The WikiText detokenizer and heading rules live in pipeline/evaluate/wikitext.py (the
+# The WikiText detokenizer and heading rules live in pipeline/wikitext.py (the
 # same rules lm-evaluation-harness applies before scoring perplexity on whole articles).
 
 

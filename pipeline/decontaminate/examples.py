@@ -58,7 +58,7 @@ def checked_tasks(config: PipelineConfig) -> list[Any]:
 
 
 def _task_files(task: Any, base_dir: str) -> list[tuple[str, Path]]:
-    from pipeline.evaluate.tasks import task_files
+    from pipeline.eval_files import task_files
     from pipeline.finetune.examples import named_input_files
 
     if task.type in APPLICATION_TASK_TYPES:
@@ -68,7 +68,7 @@ def _task_files(task: Any, base_dir: str) -> list[tuple[str, Path]]:
 
 def eval_inputs(config: PipelineConfig) -> list[str]:
     """One string per checked task: its content-defining fields and its files' digests."""
-    from pipeline.evaluate.tasks import TaskSkipped
+    from pipeline.eval_files import TaskSkipped
     from pipeline.ingest.files import file_content_digest
 
     out = []
@@ -91,7 +91,7 @@ def eval_examples(config: PipelineConfig, quarantine: Quarantine) -> Iterator[Ev
 
 def absent_tasks(config: PipelineConfig) -> dict[str, str]:
     """Checked tasks whose files are not there (marked `missing: skip`): name -> why."""
-    from pipeline.evaluate.tasks import TaskSkipped
+    from pipeline.eval_files import TaskSkipped
 
     absent = {}
     for task in checked_tasks(config):
@@ -103,9 +103,9 @@ def absent_tasks(config: PipelineConfig) -> dict[str, str]:
 
 
 def _task_examples(task: Any, base_dir: str, quarantine: Quarantine) -> Iterator[EvalExample]:
-    from pipeline.evaluate.tasks import TaskSkipped, read_text, task_files
-    from pipeline.evaluate.wikitext import wikitext_pages
+    from pipeline.eval_files import TaskSkipped, read_text, task_files
     from pipeline.ingest.files import jsonl_records
+    from pipeline.wikitext import wikitext_pages
 
     name = task_name(task)
     if task.type in APPLICATION_TASK_TYPES:
@@ -142,7 +142,7 @@ def _is_jsonl(path: Path) -> bool:
 
 def _record_text(task: Any, record: dict[str, Any]) -> str | None:
     """The text of one record of a JSONL evaluation file; None when it has none."""
-    from pipeline.evaluate.tasks import hellaswag_preprocess
+    from pipeline.eval_files import hellaswag_preprocess
 
     try:
         if task.type == "hellaswag":

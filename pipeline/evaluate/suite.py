@@ -29,8 +29,10 @@ import pandas as pd
 import torch
 
 from pipeline.config import APPLICATION_TASK_TYPES, ConfigError, EvaluateConfig, task_name
+from pipeline.eval_files import TaskSkipped
+from pipeline.evaluate.runners import RUNNERS
 from pipeline.evaluate.scoring import LogLikelihoodScorer
-from pipeline.evaluate.tasks import RUNNERS, EvalContext, TaskSkipped
+from pipeline.evaluate.tasks import EvalContext
 from pipeline.generate import load_generator
 from pipeline.quarantine import OnceQuarantine, Quarantine
 from pipeline.special_tokens import EOT_TOKEN as EOT

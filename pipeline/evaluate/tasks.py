@@ -6,7 +6,9 @@ and one task config from `pipeline.config`. Out: a `TaskResult` with the task's 
 (unprefixed: `acc`, `acc_norm`, `ppl`, `bpb`, ...), their standard errors where they are means
 of per-example scores, the number of examples scored, a one-line description of the method, and
 per-example details (for multiple-choice and LAMBADA) or generations. The application tasks
-(qa, summarization, translation, classification) run in `pipeline.evaluate.application`.
+(qa, summarization, translation, classification) run in `pipeline.evaluate.application`;
+`pipeline.evaluate.runners` maps every task type to its runner. Finding and reading a task's
+files is in `pipeline.eval_files` (shared with decontaminate and tracking).
 
 Methods, as lm-evaluation-harness defines them (0-shot):
 - multiple choice (HellaSwag, any jsonl): each choice is scored as the continuation
@@ -36,11 +38,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import APPLICATION_TASK_TYPES, EvaluateConfig, task_name
+from pipeline.eval_files import TaskSkipped, hellaswag_preprocess, read_text, task_files
 from pipeline.evaluate.language_model import bits_per_byte, heldout_loss
 from pipeline.evaluate.scoring import LogLikelihoodScorer
-from pipeline.evaluate.wikitext import wikitext_pages
-from pipeline.ingest.files import jsonl_records, match_source_files, open_binary
+from pipeline.ingest.files import jsonl_records
 from pipeline.quarantine import Quarantine
+from pipeline.wikitext import wikitext_pages
 
 MAX_EXAMPLE_ROWS = 1000  # per-example details kept per task (the whole task is still scored)
 
@@ -69,10 +72,6 @@ class TaskResult:
     generations: list[dict[str, str]] = field(default_factory=list)
 
 
-class TaskSkipped(Exception):
-    """The task cannot run here (its file is absent and marked `missing: skip`, no val shards)."""
-
-
 def mean_stderr(values: list[float]) -> float:
     """Standard error of a mean, with the sample standard deviation (as the harness)."""
     if len(values) < 2:
@@ -85,23 +84,6 @@ def effective_limit(task: Any, cfg: EvaluateConfig) -> int | None:
     return min(limits) if limits else None
 
 
-# ------------------------------------------------------------------------------ reading files
-
-
-def task_files(task: Any, base_dir: str) -> list[tuple[str, Path]]:
-    """(display name, path) of the files a file task names; TaskSkipped when there are none."""
-    kind = "jsonl" if task.type in ("hellaswag", "lambada", "multiple_choice") else "text"
-    matched = match_source_files(kind, task.path, base_dir)
-    if matched.problem:
-        raise TaskSkipped(f"{task.path}: {matched.detail or matched.problem}")
-    return list(zip(matched.names, matched.files, strict=True))
-
-
-def read_text(path: Path) -> str:
-    with open_binary(path) as handle:
-        return handle.read().decode("utf-8", errors="replace").replace("\r\n", "\n")
-
-
 # ---------------------------------------------------------------------------- multiple choice
 
 
@@ -111,14 +93,6 @@ class ChoiceQuestion:
     context: str
     choices: list[str]
     label: int
-
-
-def hellaswag_preprocess(text: str) -> str:
-    """lm-eval's HellaSwag cleanup: WikiHow's [title]/[step]/[header] markers out."""
-    text = text.strip()
-    text = text.replace(" [title]", ". ")
-    text = re.sub(r"\[.*?\]", "", text)
-    return text.replace("  ", " ")
 
 
 # The trailing fragment of an ActivityNet context (the harness's `ctx_b`): lowercase words
@@ -430,10 +404,8 @@ def run_generations(task: Any, ctx: EvalContext) -> TaskResult:
     )
 
 
-# Imported here, not at the top: the application tasks build on the helpers above.
-from pipeline.evaluate.application import APPLICATION_RUNNERS  # noqa: E402
-
-RUNNERS = {
+# The language-model tasks; pipeline.evaluate.runners adds the application tasks to them.
+BASE_RUNNERS = {
     "heldout": run_heldout,
     "perplexity": run_perplexity,
     "wikitext2": run_perplexity,
@@ -441,7 +413,6 @@ RUNNERS = {
     "multiple_choice": run_multiple_choice,
     "lambada": run_lambada,
     "generations": run_generations,
-    **APPLICATION_RUNNERS,  # qa, summarization, translation, classification
 }
 
 

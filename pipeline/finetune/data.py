@@ -18,6 +18,10 @@ Training rows are drawn with a generator seeded by (seed, batch number): a task 
 then one of its examples at random. Batch k is therefore a pure function of (seed, k), and a
 resumed run sees the batches the uninterrupted run would have seen. Validation packs the
 held-out examples in order: the same rows at every validation.
+
+Importing this module registers `SFTDataModule` as the "finetune" data module of
+`pipeline.train.data.DATA_MODULES` (a fine-tuning TrainRequest names this module, so the
+training process imports it).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pipeline.model.gpt import IGNORE_INDEX
 from pipeline.special_tokens import EOT_TOKEN as EOT
 from pipeline.special_tokens import PAD_TOKEN as PAD
-from pipeline.train.data import StepDataModule
+from pipeline.train.data import StepDataModule, register_data_module
 
 
 @dataclass(frozen=True)
@@ -267,3 +272,23 @@ class SFTDataModule(StepDataModule):
     def val_tokens(self, world_size: int = 1) -> int:
         """Response tokens one validation scores."""
         return int(sum((y != IGNORE_INDEX).sum() for _, y, _ in self.val_rows))
+
+
+def _sft_data(request: Any, train: Any, block_size: int) -> SFTDataModule:
+    """The data module of a fine-tuning TrainRequest (registered as kind "finetune")."""
+    if not request.tokenizer_path:
+        raise ValueError("fine-tuning needs the model's tokenizer (tokenizer_path)")
+    return SFTDataModule(
+        request.finetune["examples_dir"],
+        request.tokenizer_path,
+        block_size=block_size,
+        batch_size=train.batch_size,
+        val_batches=train.val_batches,
+        seed=train.seed,
+        weights=request.finetune.get("weights") or {},
+        packing=bool(request.finetune.get("packing", True)),
+        grad_accum_steps=train.grad_accum_steps,
+    )
+
+
+register_data_module("finetune", _sft_data)

@@ -163,6 +163,8 @@ def run_finetune_stage(
         gpt_config=gpt_config.to_dict(),
         finetune={
             "examples_dir": str(out / "examples"),
+            # Imported by the training process: it registers the "finetune" data module.
+            "data_module": "pipeline.finetune.data",
             "packing": ft.packing,
             "weights": {task_name(t): t.weight for t in ft.tasks},
             "lora": ft.lora.model_dump(mode="json") if ft.lora else None,

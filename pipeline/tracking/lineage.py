@@ -197,8 +197,8 @@ def source_refs(config: PipelineConfig, ingest_counts: dict[str, Any]) -> list[D
 
 def _task_refs(tasks: list[Any], base_dir: str, prefix: str) -> dict[str, DataRef]:
     """Refs of the file tasks (by task name) whose files exist."""
-    from pipeline.config import APPLICATION_TASK_TYPES
-    from pipeline.evaluate.tasks import TaskSkipped, task_files, task_name
+    from pipeline.config import APPLICATION_TASK_TYPES, task_name
+    from pipeline.eval_files import TaskSkipped, task_files
     from pipeline.finetune.examples import named_input_files
 
     refs = {}

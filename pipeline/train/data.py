@@ -13,12 +13,21 @@ the val split, in order, so every evaluation (and every run with the same shards
 batch) scores the same tokens. Each rank reads its own part: Lightning's distributed sampler
 is not used (the Trainer gets use_distributed_sampler=False).
 Shards are memory-mapped, never loaded whole.
+
+`DATA_MODULES` maps a request's data kind ("shards", or "finetune" for a request with a
+`finetune` section) to the function that builds its data module from (TrainRequest,
+TrainConfig, block_size). This module registers "shards"; `pipeline.finetune.data` registers
+"finetune" when it is imported, so that this package imports nothing from pipeline.finetune.
+`data_module_for` imports the module a request names (`finetune["data_module"]`) when its kind
+is not registered yet, as in the `python -m pipeline.train` process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -227,3 +236,38 @@ class TokenShardDataModule(StepDataModule):
         count = self.val_batches * self.batch_size * world_size
         windows = FixedValWindows(self.val_windows, count, self.batch_size, 0, world_size)
         return windows.total * self.block_size
+
+
+# data kind -> builder(request, train config, block size) -> LightningDataModule
+DataModuleBuilder = Callable[[Any, Any, int], pl.LightningDataModule]
+DATA_MODULES: dict[str, DataModuleBuilder] = {}
+FINETUNE_DATA_MODULE = "pipeline.finetune.data"  # registers "finetune" (requests from before)
+
+
+def register_data_module(kind: str, builder: DataModuleBuilder) -> None:
+    DATA_MODULES[kind] = builder
+
+
+def data_module_for(request: Any, train: Any, block_size: int) -> pl.LightningDataModule:
+    """The data module of a TrainRequest: "finetune" when it has a finetune section, else
+    "shards"; the module the request names is imported first when its kind is unregistered."""
+    kind = "finetune" if request.finetune else "shards"
+    if kind not in DATA_MODULES:
+        importlib.import_module(request.finetune.get("data_module", FINETUNE_DATA_MODULE))
+    if kind not in DATA_MODULES:
+        raise ValueError(f"no data module registered for {kind!r} training requests")
+    return DATA_MODULES[kind](request, train, block_size)
+
+
+def _token_shards(request: Any, train: Any, block_size: int) -> TokenShardDataModule:
+    return TokenShardDataModule(
+        request.shards_dir,
+        block_size=block_size,
+        batch_size=train.batch_size,
+        val_batches=train.val_batches,
+        seed=train.seed,
+        grad_accum_steps=train.grad_accum_steps,
+    )
+
+
+register_data_module("shards", _token_shards)

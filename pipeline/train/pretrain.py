@@ -50,7 +50,7 @@ from pipeline.train.checkpoints import (
     latest_checkpoint,
     remove_incomplete,
 )
-from pipeline.train.data import TokenShardDataModule
+from pipeline.train.data import data_module_for
 from pipeline.train.lit_module import LitGPT, NonFiniteLossError, peak_flops
 from pipeline.train.progress import ProgressTicks, plot_loss_curve
 from pipeline.train.request import TrainRequest
@@ -185,31 +185,9 @@ def _write_final(checkpoint: Path, request: TrainRequest, out_dir: Path, model: 
 
 
 def make_data(request: TrainRequest, train: TrainConfig, block_size: int) -> pl.LightningDataModule:
-    """Token shards for pretraining, or the prepared (prompt, response) examples for SFT."""
-    if request.finetune:
-        from pipeline.finetune.data import SFTDataModule
-
-        if not request.tokenizer_path:
-            raise ValueError("fine-tuning needs the model's tokenizer (tokenizer_path)")
-        return SFTDataModule(
-            request.finetune["examples_dir"],
-            request.tokenizer_path,
-            block_size=block_size,
-            batch_size=train.batch_size,
-            val_batches=train.val_batches,
-            seed=train.seed,
-            weights=request.finetune.get("weights") or {},
-            packing=bool(request.finetune.get("packing", True)),
-            grad_accum_steps=train.grad_accum_steps,
-        )
-    return TokenShardDataModule(
-        request.shards_dir,
-        block_size=block_size,
-        batch_size=train.batch_size,
-        val_batches=train.val_batches,
-        seed=train.seed,
-        grad_accum_steps=train.grad_accum_steps,
-    )
+    """Token shards for pretraining, or the prepared (prompt, response) examples for SFT (built
+    by what pipeline.finetune.data registers: see pipeline.train.data.DATA_MODULES)."""
+    return data_module_for(request, train, block_size)
 
 
 def run_training(
