@@ -39,6 +39,8 @@ class TrainRequest:
     mlflow_experiment: str = "llmpipe"  # used only when a new run is created
     bytes_per_token_val: float | None = None  # for val bits per byte
     init_from: str | None = None  # a model folder whose weights start training (not a resume)
+    # the earlier run's trainer_state.ckpt whose optimizer moments go with init_from's weights
+    init_state_from: str | None = None
     # The exact model (GPTConfig fields) when it comes from a checkpoint, as in fine-tuning;
     # None: built from `model` and vocab_size.
     gpt_config: dict[str, Any] | None = None
