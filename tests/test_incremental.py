@@ -122,7 +122,12 @@ def test_the_tokenizer_stays_and_evaluation_uses_the_first_held_out_split(increm
     assert two["stages"]["tokenizer"]["cached"]
     assert two["stages"]["shards"]["output"] != one["stages"]["shards"]["output"]
     evaluate = read_manifest(Path(two["stages"]["evaluate"]["output"]))
-    assert evaluate["inputs"]["shards"] == one["stages"]["shards"]["fingerprint"]
+    # val_bpb (= val_bpb_first) on the first run's held-out split, val_bpb_new on today's
+    assert evaluate["config"]["run"]["heldout_from"] == one["stages"]["shards"]["output"]
+    assert evaluate["inputs"]["shards"] == two["stages"]["shards"]["fingerprint"]
+    metrics = two["stages"]["evaluate"]["metrics"]
+    assert metrics["val_bpb_first"] == pytest.approx(metrics["val_bpb"], rel=1e-4)
+    assert "val_bpb_new" in metrics and "start_val_bpb_new" in metrics
 
 
 def test_pretraining_continues_from_the_champion(increments_run):
