@@ -89,7 +89,7 @@ def test_the_champion_moves_on_days_two_and_three(three_days):
         registered = run["stages"]["register"]["registered"]
         assert registered["promoted"], f"day {day}: {registered}"
         assert str(registered["previous_champion"]) == str(day - 1)
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "3"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "3"
 
 
 def test_each_day_is_better_on_the_first_and_on_its_own_held_out(three_days):
