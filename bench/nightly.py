@@ -195,6 +195,12 @@ def main() -> int:
     import os
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    for name, value in (
+        ("DO_NOT_TRACK", "1"),
+        ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+        ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ):
+        os.environ.setdefault(name, value)
     from flows.local_server import start_local_server
     from flows.pipeline import pipeline_flow
     from flows.stack import use_running_prefect_server

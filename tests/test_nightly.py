@@ -133,3 +133,34 @@ def test_continuing_carries_the_optimizer_moments_and_uses_the_token_budget(
     optimizer = torch.optim.AdamW(param_groups(lit.model, other.train_config()))
     assert "not carried over" in carry_optimizer_state(optimizer, state)
     assert not optimizer.state
+
+
+def test_better_on_new_not_worse_on_old_promotes_by_both_metrics(tmp_path):
+    """Real MLflow registry: `val_bpb_new` is compared with the champion on the same new
+    documents (`start_val_bpb_new`), `val_bpb_first` with the champion's own, within 1%."""
+    from tiny_models import mlflow_store, save_tiny_model, train_tokenizer
+
+    from pipeline.tracking.registry import register_model_dir
+    from pipeline.tracking.runs import Tracker
+
+    uri = mlflow_store(tmp_path)
+    model_dir = save_tiny_model(tmp_path / "model", train_tokenizer(300))
+    tracker = Tracker(uri, "nightly-rule", artifact_root=tmp_path / "artifacts")
+    rule = PromotionRule("val_bpb_new", "min", 0.0, "val_bpb_first", 0.01)
+    days = [
+        {"val_bpb_first": 2.0, "val_bpb_new": 2.0},  # day 1: the first champion
+        # better on its new news than the champion there, 0.5% worse on old: promoted
+        {"val_bpb_first": 2.01, "val_bpb_new": 2.2, "start_val_bpb_new": 2.3},
+        # better on new, 3% worse on old than the champion (2.01): kept out
+        {"val_bpb_first": 2.07, "val_bpb_new": 2.1, "start_val_bpb_new": 2.4},
+        # better on old, but not on its new news than the champion on them: kept out
+        {"val_bpb_first": 1.9, "val_bpb_new": 2.5, "start_val_bpb_new": 2.4},
+    ]
+    promoted = []
+    for day, metrics in enumerate(days, 1):
+        run = tracker.start_run(f"day-{day}")
+        found = register_model_dir(uri, run, model_dir, "nightly-gpt", metrics, rule)
+        tracker.end_run(run)
+        promoted.append(found["promoted"])
+    assert promoted == [True, True, False, False]
+    assert "outside the tolerance" in found["reason"] or "does not beat" in found["reason"]
