@@ -4,13 +4,16 @@ Real news from ../shared/data (BBC News full texts and AG News descriptions), sh
 fixed seed and split into 5 days; every day after the first also carries reprints of earlier
 days' articles ("UPDATED:" and a line added: near-duplicates that dedup drops). Each day is one
 real `pipeline_flow` run (Prefect, MLflow on SQLite in the work dir) of an incremental config,
-with the same token budget every day (`train.tokens`), in two set-ups:
+with the same token budget every day (`train.tokens`), in four set-ups:
 
   - nightly: the defaults of issue 20: replay of earlier days' documents (run.replay_fraction
-    0.5), the continuation schedule with the champion's optimizer state (train.continuation:
-    continue);
+    0.5), the continuation schedule (a re-warmup from min_lr to half the first run's peak, then
+    the decay) with the champion's optimizer state (train.continuation: continue);
+  - stable-lr: the same, but straight back at the first run's stable-phase rate (no re-warmup,
+    continue_lr_fraction 1);
+  - replay-restart: replay, but a fresh optimizer and the full warmup (continuation: restart);
   - restart: what incremental runs did before: today's documents only (replay_fraction 0) and
-    the full warmup to the first run's peak, a fresh optimizer (continuation: restart);
+    the full warmup to the first run's peak, a fresh optimizer;
 
 and, as the upper bound, a model trained from scratch on all five days at once (a full run with
 the first day's tokenizer) for the same total tokens as the five increments together.
@@ -22,7 +25,7 @@ held-out). At the end the day-5 models and the from-scratch model are scored on 
 part. Writes bench/results/nightly.md and logs one plot across versions (plots/nightly.png) to an
 MLflow run `nightly-bench` in the work dir's tracking store.
 
-    .venv/bin/python bench/nightly.py [--workdir DIR] [--tokens-per-day 120000] [--quick]
+    .venv/bin/python bench/nightly.py [--workdir DIR] [--tokens-per-day 100000] [--quick]
 
 Small on purpose (a 4 x 128 GPT, ~20 minutes on a shared 2-core CPU); `--quick` is a smoke run.
 """
@@ -70,8 +73,11 @@ MODEL = [
     "evaluate.max_new_tokens=8",
 ]
 SETUPS = {
-    "nightly": [],  # the defaults
-    "restart": ["run.replay_fraction=0", "train.continuation=restart"],
+    "nightly": [],  # the defaults: replay 0.5, re-warm from min_lr to 0.5 x the peak, decay
+    # the other continuation: straight back to the stable-phase rate (the first run's peak)
+    "stable-lr": ["train.continue_lr_fraction=1.0", "train.continue_warmup_steps=0"],
+    "replay-restart": ["train.continuation=restart"],  # replay, but the full warmup again
+    "restart": ["run.replay_fraction=0", "train.continuation=restart"],  # before issue 20
 }
 
 
@@ -160,7 +166,7 @@ def plot(results: dict[str, list[dict]], scratch: dict[str, float], path: Path) 
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
     days = list(range(1, DAYS + 1))
-    for setup, style in (("nightly", "o-"), ("restart", "s--")):
+    for setup, style in zip(SETUPS, ("o-", "^-", "v--", "s--"), strict=True):
         rows = results[setup]
         axes[0].plot(days, [r["val_bpb_first"] for r in rows], style, label=setup)
         axes[1].plot(days, [r["val_bpb_new"] for r in rows], style, label=setup)
@@ -180,9 +186,9 @@ def plot(results: dict[str, list[dict]], scratch: dict[str, float], path: Path) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--tokens-per-day", type=int, default=120_000)
-    parser.add_argument("--bbc", type=int, default=1000)
-    parser.add_argument("--ag", type=int, default=4000)
+    parser.add_argument("--tokens-per-day", type=int, default=100_000)
+    parser.add_argument("--bbc", type=int, default=500)
+    parser.add_argument("--ag", type=int, default=2500)
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny everything")
     args = parser.parse_args()
     if not NEWS.is_dir():
@@ -231,6 +237,7 @@ def main() -> int:
             found["seconds"] = round(time.time() - t0, 1)
             results[setup].append(found)
             print(f"{setup} day {day}: {json.dumps(found)}", flush=True)
+            (root / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
 
     # the upper bound: all five days at once, the first day's tokenizer, the same total tokens
     first_tokenizer = results["nightly"][0]["tokenizer"]
@@ -251,11 +258,8 @@ def main() -> int:
     # every model of day 5, and the from-scratch one, on every day's held-out part
     evaluate = EvaluateConfig(val_batches=40)
     day_shards = [Path(r["shards"]) for r in results["nightly"]]
-    finals = {
-        "nightly day 5": Path(results["nightly"][-1]["model"]),
-        "restart day 5": Path(results["restart"][-1]["model"]),
-        "from scratch": scratch_model,
-    }
+    finals = {f"{setup} day 5": Path(results[setup][-1]["model"]) for setup in SETUPS}
+    finals["from scratch"] = scratch_model
     across = {
         name: [heldout_bpb(model, shards, evaluate) for shards in day_shards]
         for name, model in finals.items()
@@ -263,7 +267,7 @@ def main() -> int:
     scratch = {"first": across["from scratch"][0], "new": across["from scratch"][-1]}
 
     lines = [
-        "# Nightly increments: replay + continuation schedule against restarts",
+        "# Nightly increments: replay and the continuation schedule against restarts",
         "",
         f"`{' '.join(sys.argv)}` ({environment()}); {len(rows)} articles (BBC {args.bbc}, "
         f"AG News {args.ag}) in {DAYS} days, {REPRINTS} reprints a day after the first; "
@@ -275,21 +279,21 @@ def main() -> int:
         "moved: @champion moved to the day's version (rule: val_bpb = first held-out).",
         "",
     ]
-    header = ["day"]
-    for setup in SETUPS:
-        header += [f"{setup} first", f"{setup} new", f"{setup} start", f"{setup} moved"]
+    header = ["set-up", "day", "first", "new", "champion on new", "moved", "new / replay tokens"]
     table = []
-    for day in range(DAYS):
-        row = [str(day + 1)]
-        for setup in SETUPS:
-            r = results[setup][day]
-            row += [
-                fmt(r["val_bpb_first"]),
-                fmt(r["val_bpb_new"]),
-                fmt(r["start_val_bpb_new"]),
-                "yes" if r["promoted"] else "no",
-            ]
-        table.append(row)
+    for setup in SETUPS:
+        for day, r in enumerate(results[setup], start=1):
+            table.append(
+                [
+                    setup,
+                    str(day),
+                    fmt(r["val_bpb_first"]),
+                    fmt(r["val_bpb_new"]),
+                    fmt(r["start_val_bpb_new"]),
+                    "yes" if r["promoted"] else "no",
+                    f"{r['new_tokens']:,} / {r['replay_tokens']:,}",
+                ]
+            )
     lines += [markdown_table(header, table), ""]
     lines += [
         f"From scratch on all {DAYS} days ({args.tokens_per_day * DAYS:,} tokens, "
