@@ -1,12 +1,12 @@
 """Held-out scores that compare across the days of an incremental run.
 
-In: the evaluated model's folder, the first increment's shards folder (its val split: the
-held-out set every version is scored on), today's shards folder (the val split of today's new
+In: the evaluated model's folder, today's shards folder (the val split of today's new
 documents), and the folder of the model today's pretraining started from (the champion), if any.
-Out: `val_bpb_first` (the first held-out; the same number as `val_bpb`), `val_bpb_new` (today's
-held-out part) and, for a run that started from a champion, `start_val_bpb_new`: the champion on
-today's held-out part, so "better on the new news" compares two models on the same documents
-(the champion's own `val_bpb_new` was measured on another day's).
+Out: `val_bpb_new` (today's held-out part) and, for a run that started from a champion,
+`start_val_bpb_new`: the champion on today's held-out part, so "better on the new news"
+compares two models on the same documents (the champion's own `val_bpb_new` was measured on
+another day's). `val_bpb_first`, the first increment's held-out split, is the `val_bpb` the
+evaluate stage scores there (pipeline/stages/evaluate.py).
 """
 
 from __future__ import annotations
@@ -37,21 +37,12 @@ def heldout_bpb(model_dir: Path, shards_dir: Path, cfg: EvaluateConfig) -> float
 
 
 def increment_metrics(
-    model_dir: Path,
-    first_shards: Path,
-    new_shards: Path,
-    cfg: EvaluateConfig,
-    start_model_dir: Path | None = None,
+    model_dir: Path, new_shards: Path, cfg: EvaluateConfig, start_model_dir: Path | None = None
 ) -> dict[str, float]:
+    """`val_bpb_new` of the model and `start_val_bpb_new` of the model it started from."""
     metrics: dict[str, float] = {}
-    for name, model, shards in (
-        ("val_bpb_first", model_dir, first_shards),
-        ("val_bpb_new", model_dir, new_shards),
-        ("start_val_bpb_new", start_model_dir, new_shards),
-    ):
-        if model is None:
-            continue
-        value = heldout_bpb(Path(model), Path(shards), cfg)
+    for name, model in (("val_bpb_new", model_dir), ("start_val_bpb_new", start_model_dir)):
+        value = heldout_bpb(Path(model), Path(new_shards), cfg) if model is not None else None
         if value is not None:
             metrics[name] = value
     return metrics

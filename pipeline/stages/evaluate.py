@@ -60,18 +60,21 @@ class Evaluate(Stage):
             base_model_dir=base_dir,
             contamination=contamination,
         )
-        if new_shards is not None and "val_bpb" in found["metrics"]:
-            from pipeline.evaluate.increments import increment_metrics
+        metrics = found["metrics"]
+        if new_shards is not None and "val_bpb" in metrics:
+            # a full run's held-out split is both the first and the newest
+            metrics["val_bpb_first"] = metrics["val_bpb_new"] = metrics["val_bpb"]
+            if new_shards != shards_dir:
+                from pipeline.evaluate.increments import increment_metrics
 
-            found["metrics"].update(
-                increment_metrics(
-                    ctx.inputs[model] / "final",
-                    shards_dir,
-                    new_shards,
-                    ctx.config.evaluate,
-                    _start_model(ctx, model) if ctx.config.run.init_from else None,
+                metrics.update(
+                    increment_metrics(
+                        ctx.inputs[model] / "final",
+                        new_shards,
+                        ctx.config.evaluate,
+                        _start_model(ctx, model) if ctx.config.run.init_from else None,
+                    )
                 )
-            )
         return StageResult(
             metrics=found["metrics"],
             tables={
