@@ -20,7 +20,6 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.pipeline import pipeline_flow
-from pipeline.outputs import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -105,8 +104,11 @@ def test_later_days_replay_earlier_documents_and_continue_the_optimizer(three_da
         shards = run["stages"]["shards"]["counts"]
         # half of the train mix is replayed (whole documents: about half)
         assert 0.4 < shards["replay_tokens"] / shards["train_tokens"] < 0.6
-        config = read_manifest(Path(run["stages"]["pretrain"]["output"]))["config"]
-        assert len(config["run"]["replay_from"]) == day - 1
-        assert config["run"]["init_state_from"].endswith("trainer_state.ckpt")
-        log = (Path(run["stages"]["pretrain"]["output"]) / "train_request.json").read_text()
-        assert json.loads(log)["init_state_from"] == config["run"]["init_state_from"]
+        replayed = run["stages"]["shards"]["replay"]["from"]
+        assert len(replayed) == day - 1 and all(tokens > 0 for tokens in replayed.values())
+        pretrain = Path(run["stages"]["pretrain"]["output"])
+        request = json.loads((pretrain / "train_request.json").read_text())
+        previous = Path(three_days[day - 2]["stages"]["pretrain"]["output"])
+        assert request["init_state_from"] == str(
+            previous / "checkpoints" / "step-000030" / "trainer_state.ckpt"
+        )
