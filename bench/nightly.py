@@ -7,10 +7,10 @@ real `pipeline_flow` run (Prefect, MLflow on SQLite in the work dir) of an incre
 with the same token budget every day (`train.tokens`), in four set-ups:
 
   - nightly: the defaults of issue 20: replay of earlier days' documents (run.replay_fraction
-    0.5), the continuation schedule (a re-warmup from min_lr to half the first run's peak, then
+    0.5), the continuation schedule (straight back to the first run's stable-phase rate, then
     the decay) with the champion's optimizer state (train.continuation: continue);
-  - stable-lr: the same, but straight back at the first run's stable-phase rate (no re-warmup,
-    continue_lr_fraction 1);
+  - rewarm-half: the same, but a re-warmup from min_lr to half the first run's peak over 10
+    steps (continue_lr_fraction 0.5, continue_warmup_steps 10);
   - replay-restart: replay, but a fresh optimizer and the full warmup (continuation: restart);
   - restart: what incremental runs did before: today's documents only (replay_fraction 0) and
     the full warmup to the first run's peak, a fresh optimizer;
@@ -73,9 +73,11 @@ MODEL = [
     "evaluate.max_new_tokens=8",
 ]
 SETUPS = {
-    "nightly": [],  # the defaults: replay 0.5, re-warm from min_lr to 0.5 x the peak, decay
-    # the other continuation: straight back to the stable-phase rate (the first run's peak)
-    "stable-lr": ["train.continue_lr_fraction=1.0", "train.continue_warmup_steps=0"],
+    # the defaults: replay 0.5, the champion's optimizer moments, straight back to the first
+    # run's stable-phase rate, then the decay
+    "nightly": [],
+    # the other continuation: a re-warmup from min_lr to half the peak over 10 steps
+    "rewarm-half": ["train.continue_lr_fraction=0.5", "train.continue_warmup_steps=10"],
     "replay-restart": ["train.continuation=restart"],  # replay, but the full warmup again
     "restart": ["run.replay_fraction=0", "train.continuation=restart"],  # before issue 20
 }

@@ -606,15 +606,22 @@ class TrainConfig(Section):
     continuation: Literal["continue", "restart"] = added_later(
         "continue",
         description="when pretraining starts from earlier weights (run.init_from): continue "
-        "(carry the optimizer state over when the architecture matches; a short re-warmup from "
-        "min_lr to continue_lr_fraction x learning_rate, then the schedule's decay) or restart "
-        "(a fresh optimizer and the full warmup to learning_rate)",
+        "(carry the optimizer state over when the architecture matches; from min_lr back to "
+        "continue_lr_fraction x learning_rate over continue_warmup_steps, then the schedule's "
+        "decay) or restart (a fresh optimizer and the full warmup to learning_rate)",
     )
     continue_warmup_steps: int = added_later(
-        10, ge=0, description="continuation: steps from min_lr up to the continuation peak"
+        0,
+        ge=0,
+        description="continuation: steps from min_lr up to the continuation peak (0: straight "
+        "back to it; without an optimizer state to carry, at least warmup_steps)",
     )
     continue_lr_fraction: float = added_later(
-        0.5, gt=0, le=1, description="continuation: its peak, as a fraction of learning_rate"
+        1.0,
+        gt=0,
+        le=1,
+        description="continuation: its peak, as a fraction of learning_rate (1: the stable-phase "
+        "rate of the first run; bench/nightly.py measured it against 0.5)",
     )
     weight_decay: float = Field(0.1, ge=0)
     decay_embeddings: bool = Field(

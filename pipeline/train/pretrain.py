@@ -267,7 +267,14 @@ def run_training(
     if request.init_from and train.continuation == "continue":
         # the continuation schedule, and the optimizer moments that go with those weights
         lit.continuing = True
-        lit.init_state_from = Path(request.init_state_from) if request.init_state_from else None
+        if request.init_state_from:
+            lit.init_state_from = Path(request.init_state_from)
+        else:  # a fresh optimizer is warmed up as a first run's is, not thrown in at the peak
+            lit.train_config = train.model_copy(
+                update={
+                    "continue_warmup_steps": max(train.continue_warmup_steps, train.warmup_steps)
+                }
+            )
     lora = (request.finetune or {}).get("lora")
     if lora:  # adapters only train; a resumed run gets them from its checkpoint
         trainable = add_lora(
