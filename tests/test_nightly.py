@@ -135,7 +135,7 @@ def test_continuing_carries_the_optimizer_moments_and_uses_the_token_budget(
     assert not optimizer.state
 
 
-def test_better_on_new_not_worse_on_old_promotes_by_both_metrics(tmp_path):
+def test_better_on_new_not_worse_on_old_promotes_by_both_metrics(tmp_path, monkeypatch):
     """Real MLflow registry: `val_bpb_new` is compared with the champion on the same new
     documents (`start_val_bpb_new`), `val_bpb_first` with the champion's own, within 1%."""
     from tiny_models import mlflow_store, save_tiny_model, train_tokenizer
@@ -144,6 +144,8 @@ def test_better_on_new_not_worse_on_old_promotes_by_both_metrics(tmp_path):
     from pipeline.tracking.runs import Tracker
 
     uri = mlflow_store(tmp_path)
+    # registering sets MLflow's URI in the environment: give it back after this test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model_dir = save_tiny_model(tmp_path / "model", train_tokenizer(300))
     tracker = Tracker(uri, "nightly-rule", artifact_root=tmp_path / "artifacts")
     rule = PromotionRule("val_bpb_new", "min", 0.0, "val_bpb_first", 0.01)
@@ -159,7 +161,7 @@ def test_better_on_new_not_worse_on_old_promotes_by_both_metrics(tmp_path):
     promoted = []
     for day, metrics in enumerate(days, 1):
         run = tracker.start_run(f"day-{day}")
-        found = register_model_dir(uri, run, model_dir, "nightly-gpt", metrics, rule)
+        found = register_model_dir(uri, run, model_dir, "rule-gpt", metrics, rule)
         tracker.end_run(run)
         promoted.append(found["promoted"])
     assert promoted == [True, True, False, False]
