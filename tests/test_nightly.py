@@ -6,6 +6,7 @@ training on the CPU; the 3-day flow is in tests/test_nightly_flow.py."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,27 @@ def test_better_on_new_not_worse_on_old_promotes_by_both_metrics(tmp_path, monke
         promoted.append(found["promoted"])
     assert promoted == [True, True, False, False]
     assert "outside the tolerance" in found["reason"] or "does not beat" in found["reason"]
+
+
+def test_continuing_without_an_optimizer_state_warms_up_first(
+    shards,  # noqa: F811
+    tmp_path,
+    quiet_mlflow,  # noqa: F811
+    capsys,
+):
+    from pipeline.train import run_training
+
+    first = tmp_path / "first"
+    run_training(make_request(shards, first, max_steps=10, log_every_steps=1))
+    capsys.readouterr()
+    request = make_request(shards, tmp_path / "second", max_steps=10, log_every_steps=1)
+    request.init_from = str(first / "final")  # no init_state_from: fresh AdamW moments
+    run_training(request)
+    out = capsys.readouterr().out
+    lrs = [
+        float(m)
+        for m in re.findall(r"^step \d+/10 \| train_loss [\d.]+ \| lr ([\d.e+-]+)", out, re.M)
+    ]
+    # warmup_steps 5 from min_lr (3e-4) to the peak (3e-3), not straight at the peak
+    assert lrs[0] == pytest.approx(3e-4 + 2.7e-3 / 6, rel=1e-3)
+    assert lrs[:5] == sorted(lrs[:5]) and max(lrs) == pytest.approx(3e-3, rel=1e-3)
