@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import (
-    APPLICATION_TASK_TYPES,
+    ApplicationTask,
     ConfigError,
     PipelineConfig,
     task_name,
@@ -61,7 +61,7 @@ def _task_files(task: Any, base_dir: str) -> list[tuple[str, Path]]:
     from pipeline.eval_files import task_files
     from pipeline.finetune.examples import named_input_files
 
-    if task.type in APPLICATION_TASK_TYPES:
+    if isinstance(task, ApplicationTask):
         return named_input_files(task, base_dir)
     return task_files(task, base_dir)
 
@@ -108,7 +108,7 @@ def _task_examples(task: Any, base_dir: str, quarantine: Quarantine) -> Iterator
     from pipeline.wikitext import wikitext_pages
 
     name = task_name(task)
-    if task.type in APPLICATION_TASK_TYPES:
+    if isinstance(task, ApplicationTask):
         from pipeline.finetune.examples import read_examples
 
         try:

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pipeline.config import APPLICATION_TASK_TYPES, ConfigError, EvaluateConfig, task_name
+from pipeline.config import ApplicationTask, ConfigError, EvaluateConfig, task_name
 from pipeline.eval_files import TaskSkipped
 from pipeline.evaluate.runners import RUNNERS
 from pipeline.evaluate.scoring import LogLikelihoodScorer
@@ -96,7 +96,7 @@ def run_evaluation(
             shards_dir,
             bytes_per_token,
         )
-        applied = [t for t in selected if t.type in APPLICATION_TASK_TYPES]
+        applied = [t for t in selected if isinstance(t, ApplicationTask)]
         if base_model_dir is not None and applied:
             log(f"evaluate: scoring the model fine-tuning started from ({base_model_dir})")
             _score_model(

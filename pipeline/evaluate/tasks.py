@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import APPLICATION_TASK_TYPES, EvaluateConfig, task_name
+from pipeline.config import ApplicationTask, EvaluateConfig, task_name
 from pipeline.eval_files import TaskSkipped, hellaswag_preprocess, read_text, task_files
 from pipeline.evaluate.language_model import bits_per_byte, heldout_loss
 from pipeline.evaluate.scoring import LogLikelihoodScorer
@@ -432,7 +432,7 @@ def eval_input_fingerprints(cfg: EvaluateConfig, base_dir: str) -> list[str]:
             # Application tasks read path, eval_path and target_path.
             named = (
                 named_input_files(task, base_dir)
-                if task.type in APPLICATION_TASK_TYPES
+                if isinstance(task, ApplicationTask)
                 else task_files(task, base_dir)
             )
             files = [[name, path.stat().st_size, file_content_digest(path)] for name, path in named]

@@ -197,7 +197,7 @@ def source_refs(config: PipelineConfig, ingest_counts: dict[str, Any]) -> list[D
 
 def _task_refs(tasks: list[Any], base_dir: str, prefix: str) -> dict[str, DataRef]:
     """Refs of the file tasks (by task name) whose files exist."""
-    from pipeline.config import APPLICATION_TASK_TYPES, task_name
+    from pipeline.config import ApplicationTask, task_name
     from pipeline.eval_files import TaskSkipped, task_files
     from pipeline.finetune.examples import named_input_files
 
@@ -208,7 +208,7 @@ def _task_refs(tasks: list[Any], base_dir: str, prefix: str) -> dict[str, DataRe
         try:
             named = (
                 named_input_files(task, base_dir)
-                if task.type in APPLICATION_TASK_TYPES
+                if isinstance(task, ApplicationTask)
                 else task_files(task, base_dir)
             )
         except (TaskSkipped, FileNotFoundError):
