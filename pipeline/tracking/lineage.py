@@ -183,9 +183,10 @@ def source_refs(config: PipelineConfig, ingest_counts: dict[str, Any]) -> list[D
         resolved = resolve_source_path(source.path, config.base_dir)
         local = "://" not in resolved
         files: list[Path] = []
-        if local and not (source.type == "hf" and not Path(resolved).exists()):
-            files = match_source_files(source.type, source.path, config.base_dir).files
-        elif source.type == "hf" and not Path(resolved).exists():
+        hub = not source.local_only and not Path(resolved).exists()  # a hub dataset's name
+        if local and not hub:
+            files = match_source_files(source.folder_suffixes, source.path, config.base_dir).files
+        elif hub:
             resolved = f"hf://datasets/{source.path}"  # a hub dataset, streamed
         ref = files_ref(f"source {label}", redact(resolved), files, kind="source")
         documents = (by_source.get(label) or {}).get("documents")
