@@ -764,7 +764,10 @@ class EvalTask(Section):
 
 
 class FileEvalTask(EvalTask):
-    """A task that reads local files."""
+    """A task that reads local files; a folder `path` holds files of the `folder_kind` source
+    type (its `folder_suffixes`)."""
+
+    folder_kind: ClassVar[str] = "text"
 
     path: str = Field(description="a local file; relative paths are from the config's folder")
     missing: Literal["error", "skip"] = Field(
@@ -806,6 +809,7 @@ class HellaSwagTask(FileEvalTask):
 
     type: Literal["hellaswag"]
     default_name = "hellaswag"
+    folder_kind = "jsonl"
 
 
 @register_task
@@ -814,6 +818,7 @@ class LambadaTask(FileEvalTask):
 
     type: Literal["lambada"]
     default_name = "lambada"
+    folder_kind = "jsonl"
 
 
 @register_task
@@ -822,6 +827,7 @@ class MultipleChoiceTask(FileEvalTask):
 
     type: Literal["multiple_choice"]
     default_name = "mc"
+    folder_kind = "jsonl"
     context_field: str = "context"
     choices_field: str = "choices"
     label_field: str = Field("label", description="index of the right choice (0-based)")
@@ -846,7 +852,26 @@ class ApplicationTask(FileEvalTask):
     evaluation (`evaluate.tasks`: the held-out part), so a config usually writes it once with a
     YAML anchor. Examples are split by a hash of their text: `eval_fraction` of them are held
     out, the same ones in every run; with `eval_path` the held-out examples come from that file.
+
+    The class says how a record becomes an example: `default_prompt` (a str.format template
+    over `prompt_fields`; a response template may also use `{answer}`). The built-in types'
+    records are read by `pipeline.finetune.examples` and scored by `pipeline.evaluate`, which
+    register their code against these classes; a new type instead defines `example_fields`
+    and `score` (see ARCHITECTURE.md, "Add an application task").
     """
+
+    default_prompt: ClassVar[str]
+    prompt_fields: ClassVar[tuple[str, ...]]
+
+    def example_fields(self, record: dict[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
+        """One record's prompt fields and its reference answers (the first is the response
+        fine-tuning teaches); raise `pipeline.finetune.examples.BadRecord` to refuse it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define example_fields")
+
+    def score(self, prediction: str, answers: tuple[str, ...]) -> dict[str, float]:
+        """One generated prediction's metrics against the example's reference answers; the
+        task's metrics are their means."""
+        raise NotImplementedError(f"{type(self).__name__} does not define score")
 
     eval_fraction: float = Field(
         0.1, gt=0, lt=1, description="share of the examples held out for evaluation (by hash)"
@@ -871,6 +896,8 @@ class QATask(ApplicationTask):
 
     type: Literal["qa"]
     default_name = "qa"
+    default_prompt = "{context}\nQuestion: {question}\nAnswer:"
+    prompt_fields = ("context", "question")
     no_answer: str = Field("no answer", min_length=1)
 
 
@@ -880,6 +907,8 @@ class SummarizationTask(ApplicationTask):
 
     type: Literal["summarization"]
     default_name = "summarization"
+    default_prompt = "{article}\nTL;DR:"
+    prompt_fields = ("article",)
     article_field: str = "article"
     summary_field: str = "summary"
 
@@ -891,6 +920,14 @@ class TranslationTask(ApplicationTask):
 
     type: Literal["translation"]
     default_name = "translation"
+    default_prompt = "{source_language}: {source}\n{target_language}:"
+    prompt_fields = (
+        "source",
+        "source_lang",
+        "target_lang",
+        "source_language",
+        "target_language",
+    )
     source_lang: str = Field(min_length=1, description="language code, also the source field")
     target_lang: str = Field(min_length=1, description="language code, also the target field")
     target_path: str | None = Field(
@@ -905,6 +942,8 @@ class ClassificationTask(ApplicationTask):
 
     type: Literal["classification"]
     default_name = "classification"
+    default_prompt = "{text}\nAnswer:"
+    prompt_fields = ("text",)
     text_field: str = "text"
     label_field: str = "label"
     labels: dict[str, str] = Field(

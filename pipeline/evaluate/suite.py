@@ -30,7 +30,7 @@ import torch
 
 from pipeline.config import ApplicationTask, ConfigError, EvaluateConfig, task_name
 from pipeline.eval_files import TaskSkipped
-from pipeline.evaluate.runners import RUNNERS
+from pipeline.evaluate.runners import runner_for
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.tasks import EvalContext
 from pipeline.generate import load_generator
@@ -176,7 +176,7 @@ def _score_model(
         name = prefix + task_name(task)
         started = time.time()
         try:
-            result = RUNNERS[task.type](task, ctx)
+            result = runner_for(task)(task, ctx)
         except TaskSkipped as exc:
             log(f"evaluate: {name} skipped: {exc}")
             scored.skipped.append({"task": name, "reason": str(exc)})
