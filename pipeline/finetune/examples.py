@@ -17,6 +17,10 @@ What each task reads (a file, a folder or a glob; `.gz` is read transparently):
 - classification: JSONL/CSV with `text_field` and `label_field`; a label value matches a key of
   `labels` as a string (`0` and `"0"` both match `"0"`).
 
+How a record of each type becomes an example is registered against the task's config class
+(`@makes_examples(QATask)`, ...); a task class of its own that defines `example_fields` uses the
+one registered for `ApplicationTask`, which calls it.
+
 Split: with `eval_path`, train = the examples of `path` and eval = those of `eval_path`;
 otherwise an example is held out (eval) when the hash of its text falls below `eval_fraction`,
 so the same examples are held out in every run, whatever order or files they come in.
