@@ -287,7 +287,7 @@ def test_training_writes_checkpoints_final_metrics_and_logs_to_mlflow(
     assert metrics["tokens_seen"] == 30 * 8 * 32
     assert metrics["val_tokens"] == 4 * 8 * 32
     assert metrics["num_params"] == load_model(out / "final").num_params(non_embedding=False)
-    assert metrics["val_loss"] < math.log(request.vocab_size) - 0.8
+    assert metrics["val_loss"] < math.log(request.data.vocab_size) - 0.8
     assert metrics["val_bpb"] == pytest.approx(metrics["val_loss"] / math.log(2))
     assert metrics["val_ppl"] == pytest.approx(math.exp(metrics["val_loss"]))
     assert metrics["tokens_per_second"] > 0 and metrics["wall_seconds"] > 0
@@ -401,7 +401,7 @@ def test_llama_architecture_trains_and_saves_its_arch(shards, tmp_path, quiet_ml
     model = load_model(out / "final")
     assert model.config.arch == arch and model.config.bias is False
     assert "wpe" not in model.transformer  # RoPE: no position embedding
-    assert metrics["val_loss"] < math.log(request.vocab_size)
+    assert metrics["val_loss"] < math.log(request.data.vocab_size)
 
 
 class InjectNonFinite(pl.Callback):
@@ -570,7 +570,7 @@ def test_a_killed_training_process_resumes_to_the_same_weights(shards, tmp_path,
     # The same request run straight through gives the very same weights and losses.
     straight_out = tmp_path / "straight"
     straight = make_request(shards, straight_out, **settings)
-    straight.model["dropout"] = 0.1
+    straight.model.dropout = 0.1
     reference = run_training(straight)
     weights, expected = final_weights(out), final_weights(straight_out)
     assert all(torch.equal(weights[k], expected[k]) for k in weights)
