@@ -69,7 +69,10 @@ def sweep_flow(
     logger = get_run_logger()
     started = time.time()
     base = tuple(base_overrides or [])
-    runs = [Variant(v["name"], tuple(v["overrides"]), v.get("seed"), base) for v in variants]
+    runs = [
+        Variant(v["name"], tuple(v["overrides"]), v.get("seed"), base, tuple(v.get("grid", ())))
+        for v in variants
+    ]
     configs = check_variants(config_path, runs)  # the CLI checked already; a deployment not
     budget = check_same_budget(runs, configs)
     for config in configs:

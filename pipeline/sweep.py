@@ -32,6 +32,7 @@ class Variant:
     overrides: tuple[str, ...]  # this variant's own overrides (not the base ones, not the seed)
     seed: int | None = None  # train.seed, or None for the config's
     base: tuple[str, ...] = field(default=(), repr=False)  # the sweep's common --set overrides
+    grid: tuple[str, ...] = field(default=(), repr=False)  # those of `overrides` from --grid
 
     @property
     def run_name(self) -> str:
@@ -43,7 +44,12 @@ class Variant:
         return [*self.base, *self.overrides, *seed]
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "overrides": list(self.overrides), "seed": self.seed}
+        return {
+            "name": self.name,
+            "overrides": list(self.overrides),
+            "seed": self.seed,
+            "grid": list(self.grid),
+        }
 
 
 def split_values(text: str) -> list[str]:
@@ -138,7 +144,7 @@ def expand(
         label = name if not combo else (f"{name} {_variant_name(combo)}" if name else None)
         label = label or _variant_name(combo)
         for seed in parse_seeds(seeds):
-            out.append(Variant(label, overrides, seed, tuple(base or ())))
+            out.append(Variant(label, overrides, seed, tuple(base or ()), combo))
     names = [v.run_name for v in out]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -154,9 +160,11 @@ def _where(variant: Variant, item: str) -> str:
     """The command-line words that gave an override: `--grid clean.min_words=...`."""
     if variant.seed is not None and item == f"train.seed={variant.seed}":
         return "--seeds"
-    if item in variant.base:
-        return "--set"
-    return "--grid/--variant"
+    if item in variant.grid:
+        return "--grid"
+    if item in variant.overrides:
+        return "--variant"
+    return "--set"
 
 
 def check_variants(config_path: str, variants: list[Variant]) -> list[PipelineConfig]:
