@@ -104,7 +104,8 @@ def sweep_flow(
              "variants": len({r.name for r in runs}), "base_overrides": " ".join(base)},
         )  # fmt: skip
         tracker.log_dict(sweep_id, [r.to_dict() for r in runs], "variants.json")
-        summaries, rows = [], []
+        summaries: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
         for variant, config in zip(runs, configs, strict=True):
             logger.info("Variant %s: %s", variant.run_name, " ".join(variant.overrides) or "-")
             only = [s for s in stage_names(config) if s not in LEFT_OUT]
@@ -126,6 +127,7 @@ def sweep_flow(
             summaries.append(summary)
             rows.append(run_row(variant, summary))
         result = _report(tracker, sweep_id, rows, summaries, metric, mode)
+        result["outputs"] = [{k: v["output"] for k, v in s["stages"].items()} for s in summaries]
     except BaseException as exc:
         tracker.end_run(sweep_id, end_status(exc))
         raise
