@@ -130,7 +130,7 @@ def main() -> None:
             f"budget of {budget:,} tokens (config: configs/recipes-sweep.yaml).",
             "Sources: BBC News 2004-2005 (1,767 articles), AG News (10,001 descriptions), web "
             "pages (2 Common Crawl WARC excerpts, 126 saved article pages with their menus and "
-            "footers, 10 CCNet documents). Reference text: the first 200 XSum test articles "
+            "footers, 10 CCNet documents). Reference text: the first 100 XSum test articles "
             "(BBC 2010-2017: news, never a training source). `agnews_test` is AG News' test "
             "split: the same distribution as a training source, and an evaluation set the "
             "decontamination checks.",

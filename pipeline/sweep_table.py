@@ -99,9 +99,10 @@ def winner_line(table: list[dict[str, Any]], metric: str) -> str:
     gap = abs(best[metric] - second[metric])
     spread = max(r.get(f"{metric}_std", 0.0) for r in table)
     direction = "lower" if best[metric] <= second[metric] else "higher"
+    share = gap / abs(second[metric]) * 100 if second[metric] else 0.0
     text = (
         f"**{best['variant']}** won on {metric}: {best[metric]:.4f} vs {second[metric]:.4f} "
-        f"({second['variant']}), {gap:.4f} {direction}"
+        f"({second['variant']}), {gap:.4f} ({share:.2f}%) {direction}"
     )
     if max(r["seeds"] for r in table) > 1:
         verdict = "larger" if gap > 2 * spread else "not larger"
@@ -109,13 +110,25 @@ def winner_line(table: list[dict[str, Any]], metric: str) -> str:
     return text + "."
 
 
+# In the markdown table (MLflow's and Prefect's tables have every column): no numbers that
+# restate another (loss and perplexities beside bits per byte), no bookkeeping.
+HIDDEN_SUFFIXES = ("_bytes", "_loss", "_ppl", "_word_ppl", "_contaminated_fraction")
+HIDDEN = {"num_params", "val_loss", "val_ppl"}
+
+
+def _shown(column: str) -> bool:
+    return column not in HIDDEN and not column.endswith(HIDDEN_SUFFIXES)
+
+
 def comparison_markdown(
     table: list[dict[str, Any]], metric: str, executions: dict[str, int], runs: int
 ) -> str:
     """The sweep's card: the table (mean ± std over seeds), the winner, and stage reuse."""
-    columns = [c for c in table[0] if not c.endswith("_std")]
-    for row in table[1:]:
-        columns += [c for c in row if c not in columns and not c.endswith("_std")]
+    found = [c for row in table for c in row if not c.endswith("_std")]
+    data = ["variant", "overrides", "seeds", *(f"{s}_kept" for s in KEPT), "data_tokens",
+            "tokens_trained", metric]  # fmt: skip
+    columns = [c for c in data if c in found]
+    columns += sorted({c for c in found if c not in columns and _shown(c)})
 
     def cell(row: dict[str, Any], key: str) -> str:
         value = row.get(key)
