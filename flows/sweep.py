@@ -73,7 +73,8 @@ def sweep_flow(
         Variant(v["name"], tuple(v["overrides"]), v.get("seed"), base, tuple(v.get("grid", ())))
         for v in variants
     ]
-    configs = check_variants(config_path, runs)  # the CLI checked already; a deployment not
+    # `llmpipe sweep` checked them already; again for a sweep started another way
+    configs = check_variants(config_path, runs)
     budget = check_same_budget(runs, configs)
     for config in configs:
         require_source_files(config)
