@@ -21,12 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
 from flows.assets import add_stage_metadata, materializing
-from flows.execution import close_task_runner, open_task_runner, run_on, stage_executor
+from flows.execution import (
+    close_task_runner,
+    dashboard_link,
+    open_task_runner,
+    run_on,
+    stage_executor,
+)
 from flows.lineage import publish_lineage, record_registration, record_stage
 from flows.ui import (
     StageProgress,
@@ -239,6 +249,15 @@ def _run_stages(
     made: dict[str, tuple[Path, StageResult]] = {}  # each stage's output folder and result
     lineages = []  # what each stage read and wrote: MLflow datasets, Prefect assets
     task_runner = open_task_runner(config.execution)  # a DaskTaskRunner, or None
+    dashboard = dashboard_link(task_runner)
+    if dashboard:  # where to watch the data stages' units run (Dask's task stream, workers)
+        create_link_artifact(
+            link=dashboard,
+            link_text="Dask dashboard",
+            key="llmpipe-dask-dashboard",
+            description="the Dask cluster the data stages ran on",
+        )
+        logger.info("Dask dashboard: %s", dashboard)
     try:
         for planned in stages:
             results[planned.name] = _run_planned(planned, config, tracker, parent_id, task_runner)
