@@ -102,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
     from pipeline.dag import check_selection, stage_names
     from pipeline.ingest.files import require_source_files
+    from pipeline.store import check_workdir
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     previous = signal.signal(signal.SIGTERM, _stop_on_signal)
@@ -111,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config = load_config(args.config, overrides)
             check_selection(stage_names(config), only, args.start)
             require_source_files(config)
+            check_workdir(args.workdir or config.workdir)  # s3:// needs s3fs, say so now
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -62,6 +62,12 @@ def _filesystem(url: str) -> tuple[Any, str]:
     return fs, path.rstrip("/")
 
 
+def check_workdir(workdir: str | Path) -> None:
+    """ConfigError naming `workdir` when it is a URL no installed file system serves."""
+    if is_url(workdir):
+        _filesystem(str(workdir))
+
+
 class OutputStore:
     """Complete stage outputs under a URL, mirrored into the local cache `local`."""
 

@@ -129,3 +129,82 @@ def test_an_output_goes_to_the_store_and_back_and_a_partial_is_not_complete(
 def test_a_work_dir_url_without_its_file_system_is_a_config_error_naming_workdir():
     with pytest.raises(ConfigError, match="workdir: nosuchfs://bucket/x"):
         open_workdir("nosuchfs://bucket/x")
+
+
+# The quickstart, shrunk to run in about a minute (as tests/test_pipeline_e2e.py does).
+SHRINK = [
+    "model.n_layer=2",
+    "model.n_embd=64",
+    "model.n_head=2",
+    "model.block_size=64",
+    "tokenizer.vocab_size=1024",
+    "train.max_steps=20",
+    "train.batch_size=8",
+    "train.warmup_steps=5",
+    "train.val_every_steps=10",
+    "train.val_batches=2",
+    "train.checkpoint_every_steps=10",
+    "train.progress_bar=false",
+    "evaluate.val_batches=4",
+    "evaluate.max_new_tokens=8",
+    "register.model_name=s3-gpt",
+]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow  # ~3 min: .ci/run runs it
+def test_the_pipeline_on_an_s3_work_dir(s3_server, prefect_server, tmp_path, monkeypatch):
+    from flows.pipeline import pipeline_flow
+
+    root = f"{BUCKET}/e2e-{tmp_path.name}"
+    url = f"s3://{root}"
+    # MLflow as a tracking server would be: one store every machine reaches.
+    overrides = [*SHRINK, f"tracking.mlflow_tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+
+    def run(machine: str) -> dict:
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / machine))
+        return pipeline_flow(QUICKSTART, workdir=url, overrides=overrides)
+
+    first = run("machine-a")
+    assert first["workdir"] == url
+    stages = first["stages"]
+    assert "pretrain" in stages and "register" in stages
+    assert not any(r["cached"] for r in stages.values())
+    for name, result in stages.items():
+        prefix = f"{root}/{name}/{result['fingerprint']}"
+        assert s3_server.exists(f"{prefix}/{MANIFEST}"), name
+        local = Path(result["output"])
+        assert local.is_relative_to(tmp_path / "machine-a")
+        on_store = {p[len(prefix) + 1 :]: s3_server.cat_file(p) for p in s3_server.find(prefix)}
+        assert on_store == _files(local), name
+    # MLflow's artifacts (stage files, the logged model) on the same store.
+    assert s3_server.find(f"{root}/mlartifacts")
+    # Another machine: an empty cache. Everything comes from the store, nothing runs again.
+    second = run("machine-b")
+    assert all(r["cached"] for r in second["stages"].values()), {
+        n: r["cached"] for n, r in second["stages"].items()
+    }
+    tokens = Path(second["stages"]["shards"]["output"])
+    assert tokens.is_relative_to(tmp_path / "machine-b")  # what training reads: the cache
+    assert _files(tokens) == _files(Path(stages["shards"]["output"]))
+    # A crashed push of dedup: its files on the store, no manifest. A third machine does not
+    # take it for complete: dedup runs again (same documents), everything else is cached.
+    dedup = f"{root}/dedup/{stages['dedup']['fingerprint']}"
+    s3_server.rm(f"{dedup}/{MANIFEST}")
+    third = run("machine-c")
+    assert not third["stages"]["dedup"]["cached"]
+    assert all(r["cached"] for n, r in third["stages"].items() if n != "dedup")
+    assert s3_server.exists(f"{dedup}/{MANIFEST}")
+    again = _files(Path(third["stages"]["dedup"]["output"]))
+    before = _files(Path(stages["dedup"]["output"]))
+    assert again.keys() == before.keys()
+    assert {k: v for k, v in again.items() if k != MANIFEST} == {
+        k: v for k, v in before.items() if k != MANIFEST
+    }
