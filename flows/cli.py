@@ -112,7 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             config = load_config(args.config, overrides)
             check_selection(stage_names(config), only, args.start)
             require_source_files(config)
-            check_workdir(args.workdir or config.workdir)  # s3:// needs s3fs, say so now
+            # s3:// needs s3fs; say so now
+            check_workdir(args.workdir or config.workdir, config.run.mode == "incremental")
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -54,7 +54,7 @@ from pipeline.dag import PlannedStage, check_selection, plan, run_stage, select,
 from pipeline.ingest.files import require_source_files
 from pipeline.outputs import StageResult
 from pipeline.reports import stage_markdown, stage_metrics
-from pipeline.store import Workdir, is_url, open_workdir
+from pipeline.store import Workdir, check_workdir, is_url, open_workdir
 from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 from pipeline.train.ticks import PROGRESS_TICKS_ENV
 
@@ -349,6 +349,7 @@ def pipeline_flow(
     # deployment's run on a worker): fail before the work dir and MLflow are touched.
     check_selection(stage_names(config), only, start)
     require_source_files(config)
+    check_workdir(workdir or config.workdir, config.run.mode == "incremental")
     # A URL (s3://...) keeps the outputs on object storage; stages compute in a local cache.
     work = open_workdir(workdir or config.workdir)
     local = work.local

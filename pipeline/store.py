@@ -18,6 +18,10 @@ disk, an output is complete exactly when its manifest is there. A crashed push l
 without a manifest: a partial output, which no reader takes for complete; the next push deletes
 those leftovers and writes the output again. A pull downloads into a hidden folder beside the
 output, manifest last, and renames it into place, so a crashed pull leaves nothing complete.
+
+Not on the store (yet): leases (two machines that start one output at once both compute it and
+both push the same files; a lease there needs a conditional put), an incremental run's record
+(refused: `check_workdir`), and MLflow's own database (use a tracking server).
 """
 
 from __future__ import annotations
@@ -62,10 +66,20 @@ def _filesystem(url: str) -> tuple[Any, str]:
     return fs, path.rstrip("/")
 
 
-def check_workdir(workdir: str | Path) -> None:
-    """ConfigError naming `workdir` when it is a URL no installed file system serves."""
-    if is_url(workdir):
-        _filesystem(str(workdir))
+def check_workdir(workdir: str | Path, incremental: bool = False) -> None:
+    """ConfigError naming `workdir` when it is a URL no installed file system serves, or a URL
+    for an incremental run (its record of earlier increments is not on the store yet)."""
+    if not is_url(workdir):
+        return
+    _filesystem(str(workdir))
+    if incremental:
+        from pipeline.config import ConfigError
+
+        raise ConfigError(
+            f"workdir: {workdir}: an incremental run (run.mode: incremental) keeps its record "
+            "of earlier increments in the work dir, which is not kept on object storage yet; "
+            "use a local (or shared file system) work dir"
+        )
 
 
 class OutputStore:

@@ -24,7 +24,7 @@ import pytest
 from flows.stack import free_port
 from pipeline.config import ConfigError
 from pipeline.outputs import MANIFEST, StageOutput, StageResult, building, publish
-from pipeline.store import CACHE_ENV, open_workdir
+from pipeline.store import CACHE_ENV, check_workdir, open_workdir
 
 s3fs = pytest.importorskip("s3fs", reason="the object-store tests need s3fs (the dev extra)")
 pytest.importorskip("moto", reason="the object-store tests need moto[server] (the dev extra)")
@@ -129,6 +129,20 @@ def test_an_output_goes_to_the_store_and_back_and_a_partial_is_not_complete(
 def test_a_work_dir_url_without_its_file_system_is_a_config_error_naming_workdir():
     with pytest.raises(ConfigError, match="workdir: nosuchfs://bucket/x"):
         open_workdir("nosuchfs://bucket/x")
+    with pytest.raises(ConfigError, match="workdir: s3://b/x: an incremental run"):
+        check_workdir("s3://b/x", incremental=True)
+    check_workdir("s3://b/x")
+    check_workdir("work", incremental=True)
+
+
+def test_llmpipe_run_refuses_an_s3_incremental_work_dir_before_it_starts(tmp_path, capsys):
+    from flows.cli import main
+
+    code = main(
+        ["run", QUICKSTART, "--workdir", f"s3://{BUCKET}/x", "--set", "run.mode=incremental"]
+    )
+    assert code == 2
+    assert "error: workdir: s3://" in capsys.readouterr().err
 
 
 # The quickstart, shrunk to run in about a minute (as tests/test_pipeline_e2e.py does).
