@@ -10,7 +10,8 @@ With `execution.runner: dask`, the flow starts a `DaskTaskRunner` on a local clu
 a Prefect task on a Dask worker; inside, `prefect_dask.get_dask_client()` gives a client of the
 same cluster and the stage's units are mapped over all its workers (`DaskExecutor`). Other
 stages (training launches its own process) run in the flow's process as before. Stage outputs
-are files: a remote cluster's workers need the work dir on a shared file system.
+are files: a remote cluster's workers need the work dir on a shared file system or on object
+storage (`workdir: s3://...`, pipeline/store.py: each worker pulls and pushes outputs).
 `dashboard_link` gives the cluster's Dask dashboard, which the flow links as a Prefect artifact.
 """
 
