@@ -198,6 +198,14 @@ def test_the_pipeline_on_an_s3_work_dir(s3_server, prefect_server, tmp_path, mon
         assert local.is_relative_to(tmp_path / "machine-a")
         on_store = {p[len(prefix) + 1 :]: s3_server.cat_file(p) for p in s3_server.find(prefix)}
         assert on_store == _files(local), name
+    # What `llmpipe run` prints: the URL, and the cache its next commands use here.
+    from flows.ui import print_summary
+
+    printed: list[str] = []
+    print_summary(first, out=printed.append)
+    text = "\n".join(printed)
+    assert f"work dir:     {url} (cache here: {tmp_path / 'machine-a'}" in text
+    assert f"--workdir {first['local_workdir']}" in text
     # MLflow's artifacts (stage files, the logged model) on the same store.
     assert s3_server.find(f"{root}/mlartifacts")
     # Another machine: an empty cache. Everything comes from the store, nothing runs again.
