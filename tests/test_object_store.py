@@ -179,8 +179,11 @@ def test_the_pipeline_on_an_s3_work_dir(s3_server, prefect_server, tmp_path, mon
 
     root = f"{BUCKET}/e2e-{tmp_path.name}"
     url = f"s3://{root}"
-    # MLflow as a tracking server would be: one store every machine reaches.
-    overrides = [*SHRINK, f"tracking.mlflow_tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    # MLflow as a tracking server would be: one store every machine reaches. Given by the
+    # environment, which monkeypatch restores (mlflow.set_tracking_uri, called by the register
+    # stage, sets MLFLOW_TRACKING_URI in this process: it would leak into later tests).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    overrides = SHRINK
 
     def run(machine: str) -> dict:
         monkeypatch.setenv(CACHE_ENV, str(tmp_path / machine))
