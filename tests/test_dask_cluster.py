@@ -262,6 +262,9 @@ def test_a_worker_killed_mid_stage_costs_nothing(cluster, one_process, tmp_path)
     assert killer.error is None, killer.error
     assert killer.killed, "no worker was killed: clean's units never ran beside the stage task"
     assert killer.lost_units
+    print(
+        f"killed {killer.killed} holding {len(killer.lost_units)} clean units: {killer.lost_units}"
+    )
     assert cluster.workers[killer.killed].returncode == -signal.SIGKILL
     with cluster.client() as client:
         assert len(client.scheduler_info()["workers"]) == 1
