@@ -6,7 +6,8 @@ In: the quickstart sample, in small shards. Out: checks that ingest, clean and d
 same documents as one process; that the Prefect API holds the Dask-run stage tasks and a link
 artifact to the scheduler's dashboard (which answers); and that a worker SIGKILLed while clean's
 units run costs nothing: the scheduler runs the lost units again on the other worker, inside
-the same Prefect task run (no Prefect retry, no rerun), and the output is the same.
+the same Prefect task run (no Prefect retry, no rerun), and so does a worker killed while it
+runs the stage's task itself (Dask runs the task again elsewhere; it takes over the lease).
 """
 
 from __future__ import annotations
@@ -178,6 +179,26 @@ def _prefect_records(flow_run_id):
     return asyncio.run(read())
 
 
+def _task_logs(task_run_id, wait_seconds: float = 30.0) -> list[str]:
+    """The task run's log lines in the Prefect API (workers send theirs every few seconds)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    async def read():
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id]))
+            )
+            return [log.message for log in logs]
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        lines = asyncio.run(read())
+        if any("taking over" in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(1)
+
+
 @pytest.mark.dask
 @pytest.mark.slow  # ~1 min: .ci/run runs it
 def test_data_stages_on_a_started_cluster_match_one_process(cluster, one_process, tmp_path):
@@ -203,11 +224,13 @@ def test_data_stages_on_a_started_cluster_match_one_process(cluster, one_process
 
 class KillMidStage(threading.Thread):
     """Watches the scheduler; once the clean stage's units run on the worker that does not run
-    the stage's Prefect task, SIGKILLs that worker (nanny and worker) and records what it held."""
+    the stage's Prefect task, SIGKILLs (nanny and worker) that worker (`victim="units"`) or the
+    one running the stage's task (`victim="stage"`), and records the units the victim held."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, victim: str):
         super().__init__(daemon=True)
         self.cluster = cluster
+        self.victim = victim
         self.killed: str | None = None
         self.lost_units: list[str] = []
         self.error: BaseException | None = None
@@ -243,16 +266,22 @@ class KillMidStage(threading.Thread):
                 }
                 others = [n for n in names if n not in stage_worker and held[n]]
                 if stage_worker and others:
-                    self.killed, self.lost_units = others[0], held[others[0]]
+                    self.killed = others[0] if self.victim == "units" else min(stage_worker)
+                    self.lost_units = held[self.killed]
                     self.cluster.kill(self.killed)
                     return
                 time.sleep(0.05)
 
 
 @pytest.mark.dask
-@pytest.mark.slow  # ~1 min: .ci/run runs it
-def test_a_worker_killed_mid_stage_costs_nothing(cluster, one_process, tmp_path):
-    killer = KillMidStage(cluster)
+@pytest.mark.slow  # ~1 min each: .ci/run runs them
+@pytest.mark.parametrize("victim", ["units", "stage"])
+def test_a_worker_killed_mid_stage_costs_nothing(cluster, one_process, tmp_path, victim):
+    """`units`: the worker killed runs some of clean's units: the scheduler runs them again on
+    the other worker, inside the same stage task. `stage`: the worker killed runs the stage's
+    Prefect task itself: the scheduler runs the task again on the other worker, which takes over
+    the dead owner's lease and runs the stage again from an empty partial folder."""
+    killer = KillMidStage(cluster, victim)
     killer.start()
     try:
         summary, flow_run_id = _run_on(cluster, tmp_path / "work")
@@ -261,18 +290,19 @@ def test_a_worker_killed_mid_stage_costs_nothing(cluster, one_process, tmp_path)
         killer.join(timeout=30)
     assert killer.error is None, killer.error
     assert killer.killed, "no worker was killed: clean's units never ran beside the stage task"
-    assert killer.lost_units
-    print(
-        f"killed {killer.killed} holding {len(killer.lost_units)} clean units: {killer.lost_units}"
-    )
+    print(f"killed {killer.killed} ({victim}) holding clean units {killer.lost_units}")
+    if victim == "units":
+        assert killer.lost_units
     assert cluster.workers[killer.killed].returncode == -signal.SIGKILL
     with cluster.client() as client:
         assert len(client.scheduler_info()["workers"]) == 1
     _same_output(one_process, summary)
-    # Dask ran the lost units again: the stage's Prefect task ran once, and completed.
+    # One task run for the stage, completed (Prefect sees no retry: Dask reran the work).
     _, tasks = _prefect_records(flow_run_id)
     clean = [t for t in tasks if t.name == "clean"]
     assert len(clean) == 1 and clean[0].state.is_completed()
     assert clean[0].run_count == 1
+    if victim == "stage":  # the surviving worker's run took the dead worker's lease over
+        assert any("taking over from" in line for line in _task_logs(clean[0].id)), "no takeover"
     for name in DATA_STAGES:
         assert summary["stages"][name]["counts"] == read_manifest(one_process[name])["counts"]
