@@ -1,6 +1,8 @@
 """`llmpipe`: the command line.
 
   llmpipe run CONFIG [--workdir DIR] [--set section.key=value ...] [--only a,b | --from STAGE]
+  llmpipe sweep CONFIG [--grid section.key=V1,V2 ...] [--variant NAME section.key=V ...]
+               [--seeds 0,1] [--metric NAME] [--set ...] [--workdir DIR]
   llmpipe serve CONFIG [--cron "0 3 * * *"] [--timezone TZ] [--name NAME] [--run-once]
   llmpipe generate MODEL "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--seed S]
                    [--repetition-penalty P]
@@ -143,6 +145,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Check every variant's config, then run the sweep flow (flows/sweep.py); a bad grid key
+    or value exits 2 naming it, before anything starts."""
+    from pipeline.config import ConfigError
+    from pipeline.ingest.files import require_source_files
+    from pipeline.sweep import check_same_budget, check_variants, expand, reference_metric
+
+    previous = signal.signal(signal.SIGTERM, _stop_on_signal)
+    try:
+        try:
+            overrides = _credentials_to_environment(args.set or [])
+            variants = expand(args.grid, args.variant, args.seeds, overrides)
+            configs = check_variants(args.config, variants)
+            check_same_budget(variants, configs)
+            reference_metric(configs[0], args.metric)
+            for config in configs:
+                require_source_files(config)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        from flows.stack import use_running_prefect_server
+
+        use_running_prefect_server()
+        from flows.local_server import start_local_server
+        from flows.sweep import sweep_flow
+
+        start_local_server()
+        result = sweep_flow(
+            config_path=str(Path(args.config).resolve()),
+            variants=[v.to_dict() for v in variants],
+            workdir=args.workdir,
+            base_overrides=overrides,
+            metric=args.metric,
+            mode=args.mode,
+        )
+    except (Stopped, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"\nllmpipe: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    from flows.ui import mlflow_run_url
+
+    print(result["markdown"])
+    url = mlflow_run_url(result["tracking_uri"], result["experiment_id"], result["mlflow_run_id"])
+    print(f"\nMLflow sweep run: {url}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deploy import pipeline_deployment, serve_pipeline
     from pipeline.config import ConfigError
@@ -207,6 +258,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="start", metavar="STAGE", help="run this stage and those after it"
     )
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="compare variants of a config (data recipes, training settings) on proxy models",
+    )
+    sweep.add_argument("config")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="SECTION.KEY=V1,V2",
+        help="values to try for a key; several --grid: every combination is a variant",
+    )
+    sweep.add_argument(
+        "--variant",
+        action="append",
+        nargs="+",
+        metavar=("NAME", "SECTION.KEY=VALUE"),
+        help="a named variant and its overrides (repeat for each variant)",
+    )
+    sweep.add_argument(
+        "--seeds", metavar="S1,S2", help="train each variant once per seed (train.seed)"
+    )
+    sweep.add_argument(
+        "--metric",
+        help="metric to rank by (default: <task>_bpb of the first perplexity/wikitext2 task)",
+    )
+    sweep.add_argument("--mode", choices=("min", "max"), help="better is lower or higher")
+    sweep.add_argument("--workdir", help="where stage outputs live (default: the config's workdir)")
+    sweep.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override for every variant"
+    )
+    sweep.set_defaults(func=cmd_sweep)
 
     serve = sub.add_parser(
         "serve", help="serve the pipeline as a scheduled deployment (needs a Prefect server)"

@@ -340,8 +340,10 @@ def pipeline_flow(
     overrides: list[str] | None = None,
     only: list[str] | None = None,
     start: str | None = None,
+    sweep_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run the DAG (or the selected part of it) and return a summary of what it did."""
+    """Run the DAG (or the selected part of it) and return a summary of what it did; in a
+    sweep (flows/sweep.py) its MLflow run is nested under the sweep's `sweep_run_id`."""
     logger = get_run_logger()
     started = time.time()
     config = load_config(config_path, overrides or [])
@@ -362,6 +364,7 @@ def pipeline_flow(
     prefect_url = prefect_flow_run_url(str(flow_run.id))
     parent_id = tracker.start_run(
         str(flow_run.name),  # config name, mode and date (flows.ui.flow_run_name)
+        parent_id=sweep_run_id,
         tags={
             "prefect.flow_run_id": str(flow_run.id),
             "prefect.flow_run_name": str(flow_run.name),
