@@ -105,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.dag import check_selection, stage_names
     from pipeline.ingest.files import require_source_files
+    from pipeline.store import check_workdir
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
 
@@ -113,6 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
         check_selection(stage_names(config), only, args.start)
         require_source_files(config)
+        # s3:// needs s3fs; say so now
+        check_workdir(args.workdir or config.workdir, config.run.mode == "incremental")
         return overrides
 
     def run(overrides: list[str]) -> dict:
