@@ -695,9 +695,9 @@ def part_finetune(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------------- resume
 
 
-def _resume_request(ctx: Context, out: Path, shards: Path, vocab: int, eot: int) -> Path:
+def _resume_request(ctx: Context, out: Path, shards: Path, vocab: int) -> Path:
     """The Shakespeare GPU config's model and train settings, shorter, checkpointing often."""
-    from pipeline.train.request import TrainRequest
+    from pipeline.train.request import PretrainData, TrainRequest
 
     config = load_config(CONFIGS / "shakespeare-char-gpu.yaml", _shakespeare_overrides(ctx, out))
     steps, every = (60, 10) if ctx.tiny else (RESUME_STEPS, RESUME_EVERY)
@@ -713,9 +713,8 @@ def _resume_request(ctx: Context, out: Path, shards: Path, vocab: int, eot: int)
             sample_tokens=0,
         )
     )
-    request = TrainRequest.from_configs(
-        config.model, train, vocab_size=vocab, eot_id=eot, shards_dir=str(shards), out_dir=str(out)
-    )
+    data = PretrainData(shards_dir=str(shards), vocab_size=vocab)
+    request = TrainRequest(model=config.model, train=train, data=data, out_dir=str(out))
     return request.to_json(out.parent / f"{out.name}.json")
 
 
@@ -762,16 +761,15 @@ def part_resume(ctx: Context) -> dict:
     from pipeline.train.checkpoints import latest_checkpoint
 
     shards, vocab = text_shards(ctx.work / "resume-shards")
-    eot = 0  # the char tokenizer's special tokens come first
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     outs = {name: ctx.work / "resume" / name for name in ("straight", "again", "killed")}
     for name in ("straight", "again"):
-        request = _resume_request(ctx, outs[name], shards, vocab, eot)
+        request = _resume_request(ctx, outs[name], shards, vocab)
         subprocess.run(_train_command(request), cwd=REPO, env=env, check=True)
-    request = _resume_request(ctx, outs["killed"], shards, vocab, eot)
+    request = _resume_request(ctx, outs["killed"], shards, vocab)
     process = subprocess.Popen(_train_command(request), cwd=REPO, env=env, start_new_session=True)
     deadline = time.monotonic() + 300
     while latest_checkpoint(outs["killed"] / "checkpoints") is None and process.poll() is None:

@@ -1,6 +1,8 @@
 """`llmpipe`: the command line.
 
   llmpipe run CONFIG [--workdir DIR] [--set section.key=value ...] [--only a,b | --from STAGE]
+  llmpipe sweep CONFIG [--grid section.key=V1,V2 ...] [--variant NAME section.key=V ...]
+               [--seeds 0,1] [--metric NAME] [--set ...] [--workdir DIR]
   llmpipe serve CONFIG [--cron "0 3 * * *"] [--timezone TZ] [--name NAME] [--run-once]
   llmpipe generate MODEL "prompt" [--max-new-tokens N] [--temperature T] [--top-k K] [--seed S]
                    [--repetition-penalty P]
@@ -20,6 +22,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,44 +102,105 @@ def cmd_run(args: argparse.Namespace) -> int:
     Ctrl-C stop the run within seconds: the trainer is stopped, the Prefect flow run ends
     Crashed, its MLflow runs KILLED, and the exit status is 128 + the signal (143, 130).
     """
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import load_config
     from pipeline.dag import check_selection, stage_names
     from pipeline.ingest.files import require_source_files
+    from pipeline.store import check_workdir
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    previous = signal.signal(signal.SIGTERM, _stop_on_signal)
-    try:
-        try:
-            overrides = _credentials_to_environment(args.set or [])
-            config = load_config(args.config, overrides)
-            check_selection(stage_names(config), only, args.start)
-            require_source_files(config)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        from flows.stack import use_running_prefect_server
 
-        # a server answering at the default address is used (no temporary one: 15-25 s saved);
-        # else Prefect's temporary server starts in its own session, to outlive a signal to us
-        use_running_prefect_server()
-        from flows.local_server import start_local_server
+    def check() -> list[str]:
+        overrides = _credentials_to_environment(args.set or [])
+        config = load_config(args.config, overrides)
+        check_selection(stage_names(config), only, args.start)
+        require_source_files(config)
+        # s3:// needs s3fs; say so now
+        check_workdir(args.workdir or config.workdir, config.run.mode == "incremental")
+        return overrides
+
+    def run(overrides: list[str]) -> dict:
         from flows.pipeline import pipeline_flow
 
-        start_local_server()
-        summary = pipeline_flow(
+        return pipeline_flow(
             config_path=str(Path(args.config).resolve()),
             workdir=args.workdir,
             overrides=overrides,
             only=only,
             start=args.start,
         )
+
+    code, summary = _check_then_run_flow(check, run)
+    if code == 0:
+        _print_summary(summary)
+    return code
+
+
+def _check_then_run_flow(check: Callable[[], Any], run: Callable[[Any], Any]) -> tuple[int, Any]:
+    """`check()` (config errors: exit 2 before any server starts), then Prefect (a running server
+    or a temporary one) and `run(checked)`; SIGTERM and Ctrl-C stop it with 128 + the signal."""
+    from pipeline.config import ConfigError
+
+    previous = signal.signal(signal.SIGTERM, _stop_on_signal)
+    try:
+        try:
+            checked = check()
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2, None
+        from flows.stack import use_running_prefect_server
+
+        # a server answering at the default address is used (no temporary one: 15-25 s saved);
+        # else Prefect's temporary server starts in its own session, to outlive a signal to us
+        use_running_prefect_server()
+        from flows.local_server import start_local_server
+
+        start_local_server()
+        return 0, run(checked)
     except (Stopped, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
         print(f"\nllmpipe: stopped by {signal.Signals(signum).name}", file=sys.stderr)
-        return 128 + signum
+        return 128 + signum, None
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _print_summary(summary)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Check every variant's config, then run the sweep flow (flows/sweep.py); a bad grid key
+    or value exits 2 naming it, before anything starts."""
+    from pipeline.ingest.files import require_source_files
+    from pipeline.sweep import check_same_budget, check_variants, expand, reference_metric
+
+    def check() -> tuple[list[str], list]:
+        overrides = _credentials_to_environment(args.set or [])
+        variants = expand(args.grid, args.variant, args.seeds, overrides)
+        configs = check_variants(args.config, variants)
+        check_same_budget(variants, configs)
+        reference_metric(configs[0], args.metric)
+        for config in configs:
+            require_source_files(config)
+        return overrides, variants
+
+    def run(checked: tuple[list[str], list]) -> dict:
+        from flows.sweep import sweep_flow
+
+        overrides, variants = checked
+        return sweep_flow(
+            config_path=str(Path(args.config).resolve()),
+            variants=[v.to_dict() for v in variants],
+            workdir=args.workdir,
+            base_overrides=overrides,
+            metric=args.metric,
+            mode=args.mode,
+        )
+
+    code, result = _check_then_run_flow(check, run)
+    if code:
+        return code
+    from flows.ui import mlflow_run_url
+
+    print(result["markdown"])
+    url = mlflow_run_url(result["tracking_uri"], result["experiment_id"], result["mlflow_run_id"])
+    print(f"\nMLflow sweep run: {url}")
     return 0
 
 
@@ -204,6 +268,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="start", metavar="STAGE", help="run this stage and those after it"
     )
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="compare variants of a config (data recipes, training settings) on proxy models",
+    )
+    sweep.add_argument("config")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="SECTION.KEY=V1,V2",
+        help="values to try for a key; several --grid: every combination is a variant",
+    )
+    sweep.add_argument(
+        "--variant",
+        action="append",
+        nargs="+",
+        metavar=("NAME", "SECTION.KEY=VALUE"),
+        help="a named variant and its overrides (repeat for each variant)",
+    )
+    sweep.add_argument(
+        "--seeds", metavar="S1,S2", help="train each variant once per seed (train.seed)"
+    )
+    sweep.add_argument(
+        "--metric",
+        help="metric to rank by (default: <task>_bpb of the first perplexity/wikitext2 task)",
+    )
+    sweep.add_argument("--mode", choices=("min", "max"), help="better is lower or higher")
+    sweep.add_argument("--workdir", help="where stage outputs live (default: the config's workdir)")
+    sweep.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override for every variant"
+    )
+    sweep.set_defaults(func=cmd_sweep)
 
     serve = sub.add_parser(
         "serve", help="serve the pipeline as a scheduled deployment (needs a Prefect server)"

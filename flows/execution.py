@@ -10,7 +10,9 @@ With `execution.runner: dask`, the flow starts a `DaskTaskRunner` on a local clu
 a Prefect task on a Dask worker; inside, `prefect_dask.get_dask_client()` gives a client of the
 same cluster and the stage's units are mapped over all its workers (`DaskExecutor`). Other
 stages (training launches its own process) run in the flow's process as before. Stage outputs
-are files: a remote cluster's workers need the work dir on a shared file system.
+are files: a remote cluster's workers need the work dir on a shared file system or on object
+storage (`workdir: s3://...`, pipeline/store.py: each worker pulls and pushes outputs).
+`dashboard_link` gives the cluster's Dask dashboard, which the flow links as a Prefect artifact.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ def open_task_runner(execution: ExecutionConfig) -> Any | None:
             }
         )
     return runner.__enter__()
+
+
+def dashboard_link(runner: Any | None) -> str | None:
+    """The Dask dashboard of the runner's cluster; None when there is no runner or the scheduler
+    serves no dashboard (the local cluster starts none; a scheduler without bokeh has none)."""
+    if runner is None:
+        return None
+    client = runner.client
+    info = client.scheduler_info()
+    if "dashboard" not in info.get("services", {}):
+        return None
+    return client.dashboard_link or None
 
 
 def close_task_runner(runner: Any | None) -> None:

@@ -21,12 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
 from flows.assets import add_stage_metadata, materializing
-from flows.execution import close_task_runner, open_task_runner, run_on, stage_executor
+from flows.execution import (
+    close_task_runner,
+    dashboard_link,
+    open_task_runner,
+    run_on,
+    stage_executor,
+)
 from flows.lineage import publish_lineage, record_registration, record_stage
 from flows.ui import (
     StageProgress,
@@ -44,6 +54,7 @@ from pipeline.dag import PlannedStage, check_selection, plan, run_stage, select,
 from pipeline.ingest.files import require_source_files
 from pipeline.outputs import StageResult
 from pipeline.reports import stage_markdown, stage_metrics
+from pipeline.store import Workdir, check_workdir, is_url, open_workdir
 from pipeline.tracking.runs import Tracker, redact, resolve_tracking_uri
 from pipeline.train.ticks import PROGRESS_TICKS_ENV
 
@@ -55,7 +66,9 @@ TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".txt", ".csv", ".yaml", ".yml")
 
 
 def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    workdir = hashlib.sha256(str(Path(parameters["workdir"]).resolve()).encode()).hexdigest()[:12]
+    where = parameters["workdir"]  # a URL (object storage) or a local folder
+    where = where if is_url(where) else str(Path(where).resolve())
+    workdir = hashlib.sha256(where.encode()).hexdigest()[:12]
     return f"llmpipe-{parameters['stage']}-{parameters['fingerprint']}-{workdir}"
 
 
@@ -79,7 +92,8 @@ def stage_task(
     """Run one stage from its config; the returned result (as a dict) is what Prefect caches."""
     logger = get_run_logger()
     parsed = PipelineConfig.model_validate(config)
-    planned = {p.name: p for p in plan(parsed, Path(workdir), tracking_uri)}[stage]
+    work = open_workdir(workdir)  # on a Dask worker too: its machine's cache of the store
+    planned = {p.name: p for p in plan(parsed, work.local, tracking_uri)}[stage]
     if planned.output.fingerprint != fingerprint:
         raise RuntimeError(f"{stage}: fingerprint changed between planning and running")
     Tracker(tracking_uri, parsed.tracking.experiment).set_tags(
@@ -92,7 +106,13 @@ def stage_task(
     try:
         with stage_executor(parsed.execution) as executor:  # local processes or Dask workers
             result = run_stage(
-                planned, parsed, tracking_uri, mlflow_run_id, log=progress, executor=executor
+                planned,
+                parsed,
+                tracking_uri,
+                mlflow_run_id,
+                log=progress,
+                executor=executor,
+                store=work.store,
             )
     finally:
         progress.finish()
@@ -141,6 +161,7 @@ def _run_planned(
     config: PipelineConfig,
     tracker: Tracker,
     parent_id: str,
+    work: Workdir,
     task_runner: Any | None = None,
 ) -> dict[str, Any]:
     run_id = tracker.start_run(
@@ -153,7 +174,7 @@ def _run_planned(
         },
     )
     try:
-        return _run_stage_run(planned, config, tracker, parent_id, run_id, task_runner)
+        return _run_stage_run(planned, config, tracker, parent_id, run_id, work, task_runner)
     except BaseException as exc:  # the stage's run says how it ended, whatever ended it
         tracker.end_run(run_id, end_status(exc))
         raise
@@ -165,10 +186,11 @@ def _run_stage_run(
     tracker: Tracker,
     parent_id: str,
     run_id: str,
+    work: Workdir,
     task_runner: Any | None,
 ) -> dict[str, Any]:
     tracker.log_params(run_id, planned.config)
-    complete = planned.output.complete()
+    complete = work.complete(planned.output)  # here, or on the work dir's object store
     url = mlflow_run_url(tracker.tracking_uri, tracker.experiment_id, run_id)
     task = materializing(stage_task, STAGE_TASK_OPTIONS, planned, config, tracker.tracking_uri, url)
     task = task.with_options(  # the stage's outputs are its Prefect assets (flows/assets.py)
@@ -177,7 +199,7 @@ def _run_stage_run(
     parameters = dict(
         stage=planned.name,
         fingerprint=planned.output.fingerprint,
-        workdir=str(planned.output.workdir),
+        workdir=work.url,
         config=config.model_dump(mode="json"),
         tracking_uri=tracker.tracking_uri,
         mlflow_run_id=run_id,
@@ -185,6 +207,8 @@ def _run_stage_run(
     state = run_on(task_runner, planned.stage, task, parameters)  # data stages: Dask, if set
     returned = state.result()  # raises the stage's error when it failed
     result = StageResult.from_dict(returned)
+    if work.store is not None:  # made on another machine, or cached: its files, to log them
+        work.store.pull(planned.output)
     cached = state.name == "Cached" or bool(returned.get("reused"))
     result.reused = cached
     made_by = returned.get("mlflow_run_id", "")
@@ -226,7 +250,7 @@ def _run_stages(
     stages: list[PlannedStage],
     tracker: Tracker,
     parent_id: str,
-    work: Path,
+    work: Workdir,
     started: float,
 ) -> dict[str, Any]:
     """Run the stages under the parent MLflow run, then record the run's summary and end it
@@ -239,9 +263,20 @@ def _run_stages(
     made: dict[str, tuple[Path, StageResult]] = {}  # each stage's output folder and result
     lineages = []  # what each stage read and wrote: MLflow datasets, Prefect assets
     task_runner = open_task_runner(config.execution)  # a DaskTaskRunner, or None
+    dashboard = dashboard_link(task_runner)
+    if dashboard:  # where to watch the data stages' units run (Dask's task stream, workers)
+        create_link_artifact(
+            link=dashboard,
+            link_text="Dask dashboard",
+            key="llmpipe-dask-dashboard",
+            description="the Dask cluster the data stages ran on",
+        )
+        logger.info("Dask dashboard: %s", dashboard)
     try:
         for planned in stages:
-            results[planned.name] = _run_planned(planned, config, tracker, parent_id, task_runner)
+            results[planned.name] = _run_planned(
+                planned, config, tracker, parent_id, work, task_runner
+            )
             result = StageResult.from_dict(results[planned.name])
             made[planned.name] = (planned.output.path, result)
             run_id = results[planned.name]["stage_run_id"]
@@ -257,7 +292,7 @@ def _run_stages(
                 break
     finally:
         close_task_runner(task_runner)
-    incremental.record(config, work, made)
+    incremental.record(config, work.local, made)
     rows = [
         {
             "stage": name,
@@ -305,8 +340,10 @@ def pipeline_flow(
     overrides: list[str] | None = None,
     only: list[str] | None = None,
     start: str | None = None,
+    sweep_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run the DAG (or the selected part of it) and return a summary of what it did."""
+    """Run the DAG (or the selected part of it) and return a summary of what it did; in a
+    sweep (flows/sweep.py) its MLflow run is nested under the sweep's `sweep_run_id`."""
     logger = get_run_logger()
     started = time.time()
     config = load_config(config_path, overrides or [])
@@ -314,21 +351,25 @@ def pipeline_flow(
     # deployment's run on a worker): fail before the work dir and MLflow are touched.
     check_selection(stage_names(config), only, start)
     require_source_files(config)
-    work = Path(workdir or config.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    tracking_uri = resolve_tracking_uri(config.tracking.mlflow_tracking_uri, work)
-    tracker = Tracker(tracking_uri, config.tracking.experiment, artifact_root=work / "mlartifacts")
+    check_workdir(workdir or config.workdir, config.run.mode == "incremental")
+    # A URL (s3://...) keeps the outputs on object storage; stages compute in a local cache.
+    work = open_workdir(workdir or config.workdir)
+    local = work.local
+    local.mkdir(parents=True, exist_ok=True)
+    tracking_uri = resolve_tracking_uri(config.tracking.mlflow_tracking_uri, local)
+    tracker = Tracker(tracking_uri, config.tracking.experiment, artifact_root=work.mlflow_artifacts)
     # An incremental run builds on the earlier ones: what they saw, their tokenizer, @champion.
-    config = incremental.resolve(config, work, tracking_uri)
-    stages = select(plan(config, work, tracking_uri), only, start)
+    config = incremental.resolve(config, local, tracking_uri)
+    stages = select(plan(config, local, tracking_uri), only, start)
     prefect_url = prefect_flow_run_url(str(flow_run.id))
     parent_id = tracker.start_run(
         str(flow_run.name),  # config name, mode and date (flows.ui.flow_run_name)
+        parent_id=sweep_run_id,
         tags={
             "prefect.flow_run_id": str(flow_run.id),
             "prefect.flow_run_name": str(flow_run.name),
             "llmpipe.config": str(Path(config_path).resolve()),
-            "llmpipe.workdir": str(work),
+            "llmpipe.workdir": work.url,
             **({"prefect.flow_run_url": prefect_url} if prefect_url else {}),
             # The run page's description (markdown): where to follow it in Prefect.
             "mlflow.note.content": f"Pipeline `{config.name}`, Prefect flow run "
@@ -343,7 +384,8 @@ def pipeline_flow(
         raise
     summary = {
         "config": str(config_path),
-        "workdir": str(work),
+        "workdir": work.url,
+        "local_workdir": str(local),
         "tracking_uri": tracking_uri,
         "experiment_id": tracker.experiment_id,
         "mlflow_run_id": parent_id,

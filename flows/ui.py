@@ -508,7 +508,8 @@ def look_around_commands(summary: dict[str, Any]) -> list[str]:
         model = shlex.quote(f"models:/{registered['model_name']}@champion")
         lines.append(
             f"  {script_command('llmpipe')} generate {model} 'The history of' "
-            f"--workdir {shlex.quote(summary['workdir'])}{options}"
+            # a URL work dir: its MLflow database (if SQLite) is in this machine's cache
+            f"--workdir {shlex.quote(summary.get('local_workdir', summary['workdir']))}{options}"
         )
     run_url = mlflow_run_url(uri, summary["experiment_id"], summary["mlflow_run_id"])
     if is_local_store(uri):
@@ -537,7 +538,9 @@ def print_summary(summary: dict[str, Any], out: Callable[[str], None] = print) -
     uri = summary["tracking_uri"]
     out("")
     out(f"Pipeline finished in {format_duration(summary['seconds'])} ({states})")
-    out(f"  work dir:     {summary['workdir']}")
+    cache = summary.get("local_workdir", summary["workdir"])
+    where = summary["workdir"] + (f" (cache here: {cache})" if cache != summary["workdir"] else "")
+    out(f"  work dir:     {where}")
     out(
         f"  MLflow run:   {summary['mlflow_run_id']} (experiment {summary['experiment_id']}, "
         f"{redact(uri)})"

@@ -24,7 +24,7 @@ import types
 import typing
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -69,6 +69,62 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# ------------------------------------------------------------------------- type registries
+
+# Source and task config classes by their `type` tag. The `sources`/`tasks` unions of the schema
+# are built from these, so a new type is one class with `@register_source`/`@register_task`
+# (in any module imported before the config is read); the stage packages find its behaviour
+# from the class (see pipeline/ingest/kinds.py, pipeline/finetune/examples.py,
+# pipeline/evaluate/runners.py).
+SOURCE_TYPES: dict[str, type[BaseModel]] = {}
+TASK_TYPES: dict[str, type[BaseModel]] = {}
+
+
+def type_tag(cls: type[BaseModel]) -> str:
+    """The `type` a config class answers to (its `type: Literal[...]` field)."""
+    field = cls.model_fields.get("type")
+    tags = typing.get_args(field.annotation) if field is not None else ()
+    if len(tags) != 1 or not isinstance(tags[0], str):
+        raise TypeError(f'{cls.__name__} needs a field `type: Literal["its-name"]`')
+    return tags[0]
+
+
+def _register(table: dict[str, type[BaseModel]], cls: Any) -> Any:
+    tag = type_tag(cls)
+    known = table.get(tag)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise TypeError(f"type {tag!r} is already {known.__name__}")
+    table[tag] = cls
+    if "PipelineConfig" in globals():  # a type added after the schema was built
+        _rebuild_schema()
+    return cls
+
+
+def register_source(cls: Any) -> Any:
+    """Class decorator: `sources` (and `quality.positives`) accept this source type."""
+    return _register(SOURCE_TYPES, cls)
+
+
+def register_task(cls: Any) -> Any:
+    """Class decorator: `evaluate.tasks` accept this task type, and `finetune.tasks` too when it
+    is an `ApplicationTask`. Its metrics are prefixed by its `default_name` unless named."""
+    if not isinstance(getattr(cls, "default_name", None), str):
+        raise TypeError(f"{cls.__name__} needs `default_name: ClassVar[str]`")
+    return _register(TASK_TYPES, cls)
+
+
+def unregister(cls: Any) -> None:
+    """Take a registered source or task type out again (tests that add one)."""
+    for table in (SOURCE_TYPES, TASK_TYPES):
+        if table.get(type_tag(cls)) is cls:
+            del table[type_tag(cls)]
+    _rebuild_schema()
+
+
+def _tagged(classes: list[type[BaseModel]]) -> Any:
+    return Annotated[Union[tuple(classes)], Field(discriminator="type")]  # noqa: UP007
+
+
 # ----------------------------------------------------------------------------------- sources
 
 
@@ -80,7 +136,18 @@ OPTIONAL_SOURCE = added_later(
 _FOLLOW_LINKS = "read symlinks that lead out of the source's folder (skipped and counted if not)"
 
 
-class _RecordSource(Section):
+class Source(Section):
+    """A source type's config. `folder_suffixes`: the files a folder source picks up (a file or
+    a glob given explicitly is read whatever its name); `local_only`: False when `path` may
+    also name something that is no file (a hub dataset)."""
+
+    folder_suffixes: ClassVar[tuple[str, ...]] = ()
+    local_only: ClassVar[bool] = True
+
+
+class RecordSource(Source):
+    """A source whose files hold records (one document each)."""
+
     path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
     name: str | None = Field(None, description="label for counts; defaults to type:path")
     optional: bool = OPTIONAL_SOURCE
@@ -102,64 +169,92 @@ class _RecordSource(Section):
         return fields
 
 
-class JsonlSource(_RecordSource):
+@register_source
+class JsonlSource(RecordSource):
     type: Literal["jsonl"]
+    folder_suffixes = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 
 
-class CsvSource(_RecordSource):
+@register_source
+class CsvSource(RecordSource):
     type: Literal["csv"]
+    folder_suffixes = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
     delimiter: str = Field(",", min_length=1, max_length=1)
 
 
-class ParquetSource(_RecordSource):
+@register_source
+class ParquetSource(RecordSource):
     type: Literal["parquet"]
+    folder_suffixes = (".parquet", ".pq")
 
 
-class TextSource(_RecordSource):
+@register_source
+class TextSource(RecordSource):
     type: Literal["text"]
+    folder_suffixes = (".txt", ".text", ".md", ".txt.gz", ".text.gz", ".md.gz")
     split: Literal["file", "paragraphs"] = Field(
         "file", description="one document per file, or per blank-line-separated block"
     )
 
 
-class HfSource(_RecordSource):
+@register_source
+class HfSource(RecordSource):
     """A Hugging Face `datasets` source: a hub name (needs network), a folder written by
     `Dataset.save_to_disk`, or local data files (parquet, json/jsonl, csv, arrow; a glob)."""
 
     type: Literal["hf"]
+    folder_suffixes = (
+        ".parquet",
+        ".jsonl",
+        ".json",
+        ".csv",
+        ".arrow",
+        ".jsonl.gz",
+        ".json.gz",
+        ".csv.gz",
+    )
+    local_only = False  # a hub name is no file
     subset: str | None = Field(None, description="the dataset's configuration name, on the hub")
     split: str = "train"
     revision: str | None = Field(None, description="a hub branch, tag or commit")
 
 
-class _PageSource(Section):
+class PageSource(Source):
+    """A source of web pages or feeds, whose HTML is extracted in the sandboxed worker."""
+
     path: str = Field(description="a file, a folder or a glob; relative paths are from the config")
     name: str | None = Field(None, description="label for counts; defaults to type:path")
     optional: bool = OPTIONAL_SOURCE
     follow_links: bool = added_later(False, description=_FOLLOW_LINKS)
 
 
-class WarcSource(_PageSource):
+@register_source
+class WarcSource(PageSource):
     """WARC / WARC.gz (and ARC) files; also fsspec URLs. Only `response` records with an
     HTML content type become documents, with the record's URL and date."""
 
     type: Literal["warc"]
+    folder_suffixes = (".warc", ".warc.gz", ".arc", ".arc.gz")
 
 
-class HtmlSource(_PageSource):
+@register_source
+class HtmlSource(PageSource):
     """Saved HTML pages, one page per file (.html, .htm, .xhtml, optionally .gz)."""
 
     type: Literal["html"]
+    folder_suffixes = (".html", ".htm", ".xhtml", ".html.gz", ".htm.gz", ".xhtml.gz")
     urls: str | None = Field(
         None,
         description="a JSONL or CSV file with `file` (relative to the source folder) and `url`",
     )
 
 
-class FeedSource(_PageSource):
+@register_source
+class FeedSource(PageSource):
     """RSS / Atom / RDF / JSON Feed files: one document per item."""
 
     type: Literal["feed"]
+    folder_suffixes = (".rss", ".atom", ".xml", ".rdf", ".json", ".rss.gz", ".atom.gz", ".xml.gz")
     pages: str | None = Field(
         None,
         description="HTML files or WARC files where the page an item links to is looked up "
@@ -167,17 +262,7 @@ class FeedSource(_PageSource):
     )
 
 
-SourceConfig = Annotated[
-    JsonlSource
-    | CsvSource
-    | ParquetSource
-    | TextSource
-    | HfSource
-    | WarcSource
-    | HtmlSource
-    | FeedSource,
-    Field(discriminator="type"),
-]
+SourceConfig = _tagged(list(SOURCE_TYPES.values()))
 
 # ------------------------------------------------------------------------------------ stages
 
@@ -695,13 +780,21 @@ class TrainConfig(Section):
 _TASK_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 
-class _EvalTask(Section):
+class EvalTask(Section):
+    """An evaluation task's config; `default_name` prefixes its metrics unless `name` is set."""
+
+    default_name: ClassVar[str]
     name: str | None = Field(
         None, pattern=_TASK_NAME, description="prefix of the task's metrics; defaults per type"
     )
 
 
-class _FileEvalTask(_EvalTask):
+class FileEvalTask(EvalTask):
+    """A task that reads local files; a folder `path` holds files of the `folder_kind` source
+    type (its `folder_suffixes`)."""
+
+    folder_kind: ClassVar[str] = "text"
+
     path: str = Field(description="a local file; relative paths are from the config's folder")
     missing: Literal["error", "skip"] = Field(
         "error",
@@ -710,65 +803,101 @@ class _FileEvalTask(_EvalTask):
     limit: int | None = Field(None, gt=0, description="score only the first N examples")
 
 
-class HeldoutTask(_EvalTask):
+@register_task
+class HeldoutTask(EvalTask):
     """Loss, perplexity and bits per byte on the pipeline's val token shards."""
 
     type: Literal["heldout"]
+    default_name = "val"
 
 
-class PerplexityTask(_FileEvalTask):
+@register_task
+class PerplexityTask(FileEvalTask):
     """Perplexity and bits per byte of text files: .txt (one document per file) or .jsonl
     (one document per record's `text_field`), optionally gzipped; a folder or glob is fine."""
 
     type: Literal["perplexity"]
+    default_name = "text"
     text_field: str = "text"
 
 
-class WikiText2Task(_FileEvalTask):
+@register_task
+class WikiText2Task(FileEvalTask):
     """WikiText-2 raw test (`wiki.test.raw[.gz]`), scored per article as lm-eval's `wikitext`."""
 
     type: Literal["wikitext2"]
+    default_name = "wikitext2"
 
 
-class HellaSwagTask(_FileEvalTask):
+@register_task
+class HellaSwagTask(FileEvalTask):
     """HellaSwag jsonl (ctx or ctx_a/ctx_b, activity_label, endings, label)."""
 
     type: Literal["hellaswag"]
+    default_name = "hellaswag"
+    folder_kind = "jsonl"
 
 
-class LambadaTask(_FileEvalTask):
+@register_task
+class LambadaTask(FileEvalTask):
     """LAMBADA, OpenAI's version (jsonl with `text`): the last word of each passage."""
 
     type: Literal["lambada"]
+    default_name = "lambada"
+    folder_kind = "jsonl"
 
 
-class MultipleChoiceTask(_FileEvalTask):
+@register_task
+class MultipleChoiceTask(FileEvalTask):
     """Any multiple-choice jsonl: one record per question with a context, choices, a label."""
 
     type: Literal["multiple_choice"]
+    default_name = "mc"
+    folder_kind = "jsonl"
     context_field: str = "context"
     choices_field: str = "choices"
     label_field: str = Field("label", description="index of the right choice (0-based)")
     delimiter: str = Field(" ", description="put between the context and each choice")
 
 
-class GenerationsTask(_EvalTask):
+@register_task
+class GenerationsTask(EvalTask):
     """Sample continuations of `evaluate.prompts`, kept as a table."""
 
     type: Literal["generations"]
+    default_name = "generations"
 
 
 # ------------------------------------------------------------- application tasks (fine-tuning)
 
 
-class _ApplicationTask(_FileEvalTask):
+class ApplicationTask(FileEvalTask):
     """A task made of (prompt, response) examples read from local files.
 
     The same entry serves fine-tuning (`finetune.tasks`: the train part of the examples) and
     evaluation (`evaluate.tasks`: the held-out part), so a config usually writes it once with a
     YAML anchor. Examples are split by a hash of their text: `eval_fraction` of them are held
     out, the same ones in every run; with `eval_path` the held-out examples come from that file.
+
+    The class says how a record becomes an example: `default_prompt` (a str.format template
+    over `prompt_fields`; a response template may also use `{answer}`). The built-in types'
+    records are read by `pipeline.finetune.examples` and scored by `pipeline.evaluate`, which
+    register their code against these classes; a new type instead defines `example_fields`
+    and `score` (see ARCHITECTURE.md, "Add an application task").
     """
+
+    default_prompt: ClassVar[str]
+    prompt_fields: ClassVar[tuple[str, ...]]
+
+    def example_fields(self, record: dict[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
+        """One record's prompt fields and its reference answers (the first is the response
+        fine-tuning teaches); raise `pipeline.finetune.examples.BadRecord` to refuse it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define example_fields")
+
+    def score(self, prediction: str, answers: tuple[str, ...]) -> dict[str, float]:
+        """One generated prediction's metrics against the example's reference answers; the
+        task's metrics are their means."""
+        raise NotImplementedError(f"{type(self).__name__} does not define score")
 
     eval_fraction: float = Field(
         0.1, gt=0, lt=1, description="share of the examples held out for evaluation (by hash)"
@@ -786,27 +915,45 @@ class _ApplicationTask(_FileEvalTask):
     max_new_tokens: int = Field(32, gt=0, description="evaluation: greedy generation length")
 
 
-class QATask(_ApplicationTask):
+@register_task
+class QATask(ApplicationTask):
     """Extractive question answering: SQuAD-format JSON (or JSONL with context, question and
     answers); SQuAD 2.0's unanswerable questions get `no_answer` as their response."""
 
     type: Literal["qa"]
+    default_name = "qa"
+    default_prompt = "{context}\nQuestion: {question}\nAnswer:"
+    prompt_fields = ("context", "question")
     no_answer: str = Field("no answer", min_length=1)
 
 
-class SummarizationTask(_ApplicationTask):
+@register_task
+class SummarizationTask(ApplicationTask):
     """(article, summary) pairs from JSONL or CSV."""
 
     type: Literal["summarization"]
+    default_name = "summarization"
+    default_prompt = "{article}\nTL;DR:"
+    prompt_fields = ("article",)
     article_field: str = "article"
     summary_field: str = "summary"
 
 
-class TranslationTask(_ApplicationTask):
+@register_task
+class TranslationTask(ApplicationTask):
     """Parallel text: JSONL/CSV/TSV with one field per language (named by `source_lang` and
     `target_lang`), or `path` (source side) and `target_path` with one sentence per line."""
 
     type: Literal["translation"]
+    default_name = "translation"
+    default_prompt = "{source_language}: {source}\n{target_language}:"
+    prompt_fields = (
+        "source",
+        "source_lang",
+        "target_lang",
+        "source_language",
+        "target_language",
+    )
     source_lang: str = Field(min_length=1, description="language code, also the source field")
     target_lang: str = Field(min_length=1, description="language code, also the target field")
     target_path: str | None = Field(
@@ -814,11 +961,15 @@ class TranslationTask(_ApplicationTask):
     )
 
 
-class ClassificationTask(_ApplicationTask):
+@register_task
+class ClassificationTask(ApplicationTask):
     """(text, label) pairs; each label becomes an answer word, and evaluation scores every
     answer word by log-likelihood (no free generation)."""
 
     type: Literal["classification"]
+    default_name = "classification"
+    default_prompt = "{text}\nAnswer:"
+    prompt_fields = ("text",)
     text_field: str = "text"
     label_field: str = "label"
     labels: dict[str, str] = Field(
@@ -826,43 +977,16 @@ class ClassificationTask(_ApplicationTask):
     )
 
 
-ApplicationTaskConfig = Annotated[
-    QATask | SummarizationTask | TranslationTask | ClassificationTask,
-    Field(discriminator="type"),
-]
-APPLICATION_TASK_TYPES = ("qa", "summarization", "translation", "classification")
+def _application_types() -> list[type[BaseModel]]:
+    return [c for c in TASK_TYPES.values() if issubclass(c, ApplicationTask)]
 
-EvalTaskConfig = Annotated[
-    HeldoutTask
-    | PerplexityTask
-    | WikiText2Task
-    | HellaSwagTask
-    | LambadaTask
-    | MultipleChoiceTask
-    | GenerationsTask
-    | QATask
-    | SummarizationTask
-    | TranslationTask
-    | ClassificationTask,
-    Field(discriminator="type"),
-]
-DEFAULT_TASK_NAMES = {
-    "heldout": "val",
-    "perplexity": "text",
-    "wikitext2": "wikitext2",
-    "hellaswag": "hellaswag",
-    "lambada": "lambada",
-    "multiple_choice": "mc",
-    "generations": "generations",
-    "qa": "qa",
-    "summarization": "summarization",
-    "translation": "translation",
-    "classification": "classification",
-}
+
+ApplicationTaskConfig = _tagged(_application_types())
+EvalTaskConfig = _tagged(list(TASK_TYPES.values()))
 
 
 def task_name(task: Any) -> str:
-    return task.name or DEFAULT_TASK_NAMES[task.type]
+    return task.name or type(task).default_name
 
 
 def unique_task_names(tasks: list[Any]) -> list[Any]:
@@ -1345,3 +1469,20 @@ def resolve_path(config: PipelineConfig, path: str) -> str:
     if "://" in path or Path(path).is_absolute():
         return path
     return str(Path(config.base_dir) / path)
+
+
+def _rebuild_schema() -> None:
+    """Rebuild the `sources`/`tasks` unions from the registries, and the models holding them
+    (inner ones first: a model embeds the validators of the sections it holds)."""
+    global SourceConfig, EvalTaskConfig, ApplicationTaskConfig
+    SourceConfig = _tagged(list(SOURCE_TYPES.values()))
+    EvalTaskConfig = _tagged(list(TASK_TYPES.values()))
+    ApplicationTaskConfig = _tagged(_application_types())
+    for model, field, union in (
+        (QualityConfig, "positives", SourceConfig),
+        (EvaluateConfig, "tasks", EvalTaskConfig),
+        (FinetuneConfig, "tasks", ApplicationTaskConfig),
+        (PipelineConfig, "sources", SourceConfig),
+    ):
+        model.model_fields[field].annotation = list[union]
+        model.model_rebuild(force=True)

@@ -23,6 +23,7 @@ from pipeline.outputs import StageOutput, StageResult, building, fingerprint, pu
 from pipeline.parallel import Executor, SerialExecutor
 from pipeline.stages import BY_NAME, STAGE_NAMES, STAGES
 from pipeline.stages.base import Log, Stage, StageContext
+from pipeline.store import OutputStore
 
 LEASE_WAIT_SECONDS = 24 * 3600  # how long a run waits for another run's stage to finish
 
@@ -143,10 +144,20 @@ def run_stage(
     mlflow_run_id: str | None = None,
     log: Log = print,
     executor: Executor | None = None,
+    store: OutputStore | None = None,
 ) -> StageResult:
-    """Run one stage (or reuse its complete output); return its result."""
+    """Run one stage (or reuse its complete output); return its result.
+
+    With a `store` (a work dir on object storage, pipeline/store.py), the stage's upstream
+    outputs and its own come from the store when this machine's cache lacks them, and its
+    output is pushed there once complete."""
     output = planned.output
+    if store is not None:
+        for up in [output, *planned.upstream.values()]:
+            store.pull(up)
     if output.complete():
+        if store is not None:
+            store.push(output)  # a push that crashed after the local publish; else nothing
         return _reused(output)
     missing = [name for name, up in planned.upstream.items() if not up.complete()]
     if missing:
@@ -179,6 +190,8 @@ def run_stage(
         result.seconds = round(time.time() - started, 3)
         result.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         publish(output, result)
+    if store is not None:
+        store.push(output)
     return output.result()
 
 

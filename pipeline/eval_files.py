@@ -1,8 +1,8 @@
 """Finding and reading the files of an evaluation task (shared by evaluate, decontaminate and
 tracking, which therefore need not import one another).
 
-In: one file task of the `evaluate` config (its `type` and `path`) and the folder relative
-paths resolve from. Out: the task's (display name, path) pairs, or `TaskSkipped` when it names
+In: one file task of the `evaluate` config (its `path`, and its class's `folder_kind`: which
+files a folder holds) and the folder relative paths resolve from. Out: the task's (display name, path) pairs, or `TaskSkipped` when it names
 no file; a file's text (UTF-8, newlines normalized); HellaSwag's text cleanup.
 """
 
@@ -21,8 +21,7 @@ class TaskSkipped(Exception):
 
 def task_files(task: Any, base_dir: str) -> list[tuple[str, Path]]:
     """(display name, path) of the files a file task names; TaskSkipped when there are none."""
-    kind = "jsonl" if task.type in ("hellaswag", "lambada", "multiple_choice") else "text"
-    matched = match_source_files(kind, task.path, base_dir)
+    matched = match_source_files(task.folder_kind, task.path, base_dir)
     if matched.problem:
         raise TaskSkipped(f"{task.path}: {matched.detail or matched.problem}")
     return list(zip(matched.names, matched.files, strict=True))

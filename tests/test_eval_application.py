@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_model, train_tokenizer
 
-from pipeline.config import ClassificationTask, EvaluateConfig, QATask, TranslationTask
+from pipeline.config import TASK_TYPES, ClassificationTask, EvaluateConfig, QATask, TranslationTask
 from pipeline.evaluate import run_evaluation
 from pipeline.evaluate.application import (
     greedy_predictions,
@@ -21,7 +21,7 @@ from pipeline.evaluate.application import (
     run_qa,
     run_translation,
 )
-from pipeline.evaluate.runners import RUNNERS
+from pipeline.evaluate.runners import runner_for
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.task_metrics import bleu_chrf, exact_match, token_f1
 from pipeline.evaluate.tasks import EvalContext, TaskSkipped, eval_input_fingerprints
@@ -72,7 +72,8 @@ def reference_greedy(ctx: EvalContext, prompt: str, max_new_tokens: int) -> str:
 
 def test_runners_are_registered():
     assert {
-        RUNNERS[t].__name__ for t in ("qa", "summarization", "translation", "classification")
+        runner_for(TASK_TYPES[t].model_construct()).__name__
+        for t in ("qa", "summarization", "translation", "classification")
     } == {
         "run_qa",
         "run_summarization",

@@ -340,7 +340,9 @@ def test_packed_loss_equals_the_token_weighted_loss_of_each_example_alone(arch):
 
 
 def make_request(workspace: Path, out: Path, arch: str, lora: bool, **train):
-    from pipeline.train import TrainRequest
+    from pipeline.config import LoraConfig, TrainConfig
+    from pipeline.model.config import GPTConfig
+    from pipeline.train import SFTData, TrainRequest
 
     model_dir = workspace / arch
     gpt_config = json.loads((model_dir / "model_config.json").read_text())
@@ -364,23 +366,17 @@ def make_request(workspace: Path, out: Path, arch: str, lora: bool, **train):
     )
     settings.update(train)
     return TrainRequest(
-        model={},
-        train=settings,
-        vocab_size=gpt_config["vocab_size"],
-        eot_id=-1,
-        shards_dir="",
+        model=GPTConfig(**gpt_config),
+        train=TrainConfig(**settings),
+        data=SFTData(
+            examples_dir=str(workspace / "examples"),
+            packing=True,
+            weights={"sentiment": 3.0, "repeat": 1.0},
+        ),
         out_dir=str(out),
         tokenizer_path=str(model_dir / "tokenizer.json"),
         init_from=str(model_dir),
-        gpt_config=gpt_config,
-        finetune={
-            "examples_dir": str(workspace / "examples"),
-            "packing": True,
-            "weights": {"sentiment": 3.0, "repeat": 1.0},
-            "lora": (
-                {"rank": 4, "alpha": 8.0, "dropout": 0.1, "targets": LORA_TARGETS} if lora else None
-            ),
-        },
+        lora=LoraConfig(rank=4, alpha=8.0, dropout=0.1, targets=LORA_TARGETS) if lora else None,
     )
 
 
@@ -543,7 +539,7 @@ def test_lora_with_trained_embeddings(workspace):
 
     request = make_request(workspace, workspace / "lora-embeddings", "llama", True, max_steps=4,
                            val_every_steps=4, checkpoint_every_steps=4)  # fmt: skip
-    request.finetune["lora"]["train_embeddings"] = True
+    request.lora.train_embeddings = True
     metrics = run_training(request)
     base = load_model(workspace / "llama")
     final = load_model(workspace / "lora-embeddings" / "final")
@@ -558,7 +554,7 @@ def test_lora_with_trained_embeddings(workspace):
     assert norms and all(torch.equal(start[k], end[k]) for k in norms)  # frozen
 
 
-def test_a_training_process_gets_the_finetune_data_module_from_the_request_alone():
+def test_a_training_process_gets_the_finetune_data_module_from_the_request_alone(tmp_path):
     """pipeline.train imports nothing from pipeline.finetune: a fresh process that imports only
     pipeline.train finds the "finetune" data module through the module the request names."""
     import os
@@ -567,22 +563,26 @@ def test_a_training_process_gets_the_finetune_data_module_from_the_request_alone
 
     code = """
 import sys
-from types import SimpleNamespace
+from pipeline.config import TrainConfig
+from pipeline.model.config import GPTConfig
 from pipeline.train.pretrain import make_data
+from pipeline.train.request import SFTData, TrainRequest
 assert "pipeline.finetune" not in sys.modules, "pipeline.train imported pipeline.finetune"
-request = SimpleNamespace(
-    finetune={"examples_dir": "ex", "data_module": "pipeline.finetune.data"},
+request = TrainRequest(
+    model=GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=1, n_embd=8),
+    train=TrainConfig(batch_size=2, val_batches=1),
+    data=SFTData(examples_dir="ex"),
+    out_dir="out",
     tokenizer_path="tok.json",
-    shards_dir="",
 )
-train = SimpleNamespace(batch_size=2, val_batches=1, seed=0, grad_accum_steps=1)
-data = make_data(request, train, 16)
+request = TrainRequest.from_json(request.to_json("request.json"))  # as the trainer reads it
+data = make_data(request, request.train, 16)
 print(type(data).__module__, type(data).__name__, data.block_size)
 """
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=root,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         check=False,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, ModelConfig, TrainConfig, load_config
 from pipeline.ingest.files import require_source_files
-from pipeline.train.request import TrainRequest
+from pipeline.train.request import PretrainData, TrainRequest
 
 REPO = Path(__file__).resolve().parents[1]
 BOTCHAN = REPO / "data" / "sample" / "botchan.txt"
@@ -135,9 +135,12 @@ def test_a_train_request_holds_no_credentials_and_is_private(tmp_path, monkeypat
     secret = "s3cr3t-" + os.urandom(4).hex()
     uri = f"http://llmpipe:{secret}@mlflow.internal:5000"
     request = TrainRequest(
-        model={}, train={}, vocab_size=1, eot_id=0, shards_dir="", out_dir=str(tmp_path),
+        model=ModelConfig(),
+        train=TrainConfig(),
+        data=PretrainData(shards_dir=str(tmp_path / "shards"), vocab_size=256),
+        out_dir=str(tmp_path),
         mlflow_tracking_uri=uri,
-    )  # fmt: skip
+    )
     path = request.to_json(tmp_path / "train_request.json")
     assert secret not in path.read_text()
     assert json.loads(path.read_text())["mlflow_tracking_uri"] == (

@@ -129,9 +129,9 @@ def test_continuing_carries_the_optimizer_moments_and_uses_the_token_budget(
 
     # another shape: the moments cannot fit, so they start afresh, and it says so
     other = make_request(shards, tmp_path / "other")
-    other.model["n_embd"] = 64
-    lit = LitGPT(GPTConfig.from_model_config(other.model_config(), 256), other.train_config())
-    optimizer = torch.optim.AdamW(param_groups(lit.model, other.train_config()))
+    wider = GPTConfig.from_model_config(other.model.model_copy(update={"n_embd": 64}), 256)
+    lit = LitGPT(wider, other.train)
+    optimizer = torch.optim.AdamW(param_groups(lit.model, other.train))
     assert "not carried over" in carry_optimizer_state(optimizer, state)
     assert not optimizer.state
 

@@ -163,6 +163,29 @@ def test_config_hash_follows_what_changes_outputs():
     )
 
 
+def test_registering_leaves_this_process_mlflow_uris_as_they_were(tmp_path, monkeypatch):
+    """A register must not point every later MLflow call in the process (a sweep's next variant,
+    a server, the next test) at its store: the fluent URIs and their variables are put back."""
+    import os
+
+    import mlflow
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    uri = mlflow_store(tmp_path)
+    assert uri != before[0]
+    tracker = Tracker(uri, "uris-test", artifact_root=tmp_path / "artifacts")
+    run = tracker.start_run("register")
+    model_dir = save_tiny_model(tmp_path / "model", train_tokenizer(300))
+    result = register_model_dir(uri, run, model_dir, NAME, {"val_bpb": 2.0}, RULE)
+    tracker.end_run(run)
+    assert result["version"] == "1"
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+
+
 # Registers as the register stage does, in its own process, and is SIGKILLed right after the
 # registry has created the version: before any alias or promotion tag.
 _KILLED_AFTER_CREATE = """

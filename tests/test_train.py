@@ -24,12 +24,12 @@ import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import TrainConfig
+from pipeline.config import ModelConfig, TrainConfig
 from pipeline.model import GPT, GPTConfig, load_model
 from pipeline.special_tokens import EOT_TOKEN
 from pipeline.tokenizer.char import new_char_tokenizer
 from pipeline.tokenizer.token_shards import TokenShardWriter
-from pipeline.train import TrainRequest
+from pipeline.train import PretrainData, TrainRequest
 from pipeline.train.checkpoints import complete_checkpoints, latest_checkpoint
 from pipeline.train.data import FixedValWindows, RandomTrainBatches, TokenWindows
 from pipeline.train.lit_module import lr_factor, param_groups, peak_flops
@@ -102,14 +102,12 @@ def make_request(data: Path | tuple, out_dir: Path, **train) -> TrainRequest:
     )
     train_fields.update(train)
     return TrainRequest(
-        model=dict(n_layer=2, n_head=2, n_embd=32, block_size=32),
-        train=train_fields,
-        vocab_size=vocab,
-        eot_id=0,
-        shards_dir=str(shards),
+        model=ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32),
+        train=TrainConfig(**train_fields),
+        # ASCII text: one byte per token
+        data=PretrainData(shards_dir=str(shards), vocab_size=vocab, bytes_per_token_val=1.0),
         out_dir=str(out_dir),
         tokenizer_path=str(tokenizer) if tokenizer else None,
-        bytes_per_token_val=1.0,  # ASCII text, one character per token
     )
 
 
@@ -229,8 +227,9 @@ def test_train_request_json_roundtrip(tmp_path):
     path = request.to_json(tmp_path / "req" / "request.json")
     again = TrainRequest.from_json(path)
     assert again == request
-    assert again.train_config().max_steps == 30
-    assert again.model_config().n_embd == 32
+    assert again.train.max_steps == 30
+    assert again.model.n_embd == 32
+    assert again.architecture().vocab_size == 256
     raw = json.loads(path.read_text())
     raw["surprise"] = 1
     with pytest.raises(ValueError, match="surprise"):
@@ -288,7 +287,7 @@ def test_training_writes_checkpoints_final_metrics_and_logs_to_mlflow(
     assert metrics["tokens_seen"] == 30 * 8 * 32
     assert metrics["val_tokens"] == 4 * 8 * 32
     assert metrics["num_params"] == load_model(out / "final").num_params(non_embedding=False)
-    assert metrics["val_loss"] < math.log(request.vocab_size) - 0.8
+    assert metrics["val_loss"] < math.log(request.data.vocab_size) - 0.8
     assert metrics["val_bpb"] == pytest.approx(metrics["val_loss"] / math.log(2))
     assert metrics["val_ppl"] == pytest.approx(math.exp(metrics["val_loss"]))
     assert metrics["tokens_per_second"] > 0 and metrics["wall_seconds"] > 0
@@ -331,7 +330,7 @@ def test_resume_from_a_checkpoint_is_bit_exact(shards, tmp_path, quiet_mlflow):
     out = tmp_path / "out"
     # dropout on: the restored RNG state matters too
     request = make_request(shards, out, max_steps=20, keep_last_checkpoints=5, val_batches=2)
-    request.model["dropout"] = 0.1
+    request.model.dropout = 0.1
     straight = run_training(request)
     straight_weights = final_weights(out)
     straight_history = json.loads((out / "train_metrics.json").read_text())
@@ -396,13 +395,13 @@ def test_llama_architecture_trains_and_saves_its_arch(shards, tmp_path, quiet_ml
 
     out = tmp_path / "out"
     request = make_request(shards, out, max_steps=10, val_every_steps=10)
-    request.model["arch"] = arch
+    request.model.arch = arch
     metrics = run_training(request)
     assert metrics["arch"] == arch
     model = load_model(out / "final")
     assert model.config.arch == arch and model.config.bias is False
     assert "wpe" not in model.transformer  # RoPE: no position embedding
-    assert metrics["val_loss"] < math.log(request.vocab_size)
+    assert metrics["val_loss"] < math.log(request.data.vocab_size)
 
 
 class InjectNonFinite(pl.Callback):
@@ -536,7 +535,7 @@ def test_a_killed_training_process_resumes_to_the_same_weights(shards, tmp_path,
     settings = dict(max_steps=60, checkpoint_every_steps=10, val_every_steps=30, log_every_steps=10)
     out = tmp_path / "out"
     request = make_request(shards, out, **settings)
-    request.model["dropout"] = 0.1
+    request.model.dropout = 0.1
     path = request.to_json(tmp_path / "request.json")
     command = [sys.executable, "-m", "pipeline.train", str(path)]
 
@@ -571,7 +570,7 @@ def test_a_killed_training_process_resumes_to_the_same_weights(shards, tmp_path,
     # The same request run straight through gives the very same weights and losses.
     straight_out = tmp_path / "straight"
     straight = make_request(shards, straight_out, **settings)
-    straight.model["dropout"] = 0.1
+    straight.model.dropout = 0.1
     reference = run_training(straight)
     weights, expected = final_weights(out), final_weights(straight_out)
     assert all(torch.equal(weights[k], expected[k]) for k in weights)

@@ -21,14 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import (
-    APPLICATION_TASK_TYPES,
+    ApplicationTask,
     ConfigError,
+    FileEvalTask,
+    HellaSwagTask,
+    LambadaTask,
+    MultipleChoiceTask,
+    PerplexityTask,
     PipelineConfig,
+    WikiText2Task,
     task_name,
 )
 from pipeline.decontaminate.index import EvalExample
@@ -61,7 +67,7 @@ def _task_files(task: Any, base_dir: str) -> list[tuple[str, Path]]:
     from pipeline.eval_files import task_files
     from pipeline.finetune.examples import named_input_files
 
-    if task.type in APPLICATION_TASK_TYPES:
+    if isinstance(task, ApplicationTask):
         return named_input_files(task, base_dir)
     return task_files(task, base_dir)
 
@@ -103,12 +109,10 @@ def absent_tasks(config: PipelineConfig) -> dict[str, str]:
 
 
 def _task_examples(task: Any, base_dir: str, quarantine: Quarantine) -> Iterator[EvalExample]:
-    from pipeline.eval_files import TaskSkipped, read_text, task_files
-    from pipeline.ingest.files import jsonl_records
-    from pipeline.wikitext import wikitext_pages
+    from pipeline.eval_files import TaskSkipped, task_files
 
     name = task_name(task)
-    if task.type in APPLICATION_TASK_TYPES:
+    if isinstance(task, ApplicationTask):
         from pipeline.finetune.examples import read_examples
 
         try:
@@ -124,38 +128,91 @@ def _task_examples(task: Any, base_dir: str, quarantine: Quarantine) -> Iterator
     except TaskSkipped:
         return
     for display, path in files:
-        if task.type == "wikitext2":
-            for number, page in enumerate(wikitext_pages(read_text(path)), 1):
-                yield EvalExample(name, f"{display}:article {number}", page)
-        elif _is_jsonl(path):
-            for locator, record in jsonl_records([(display, path)], name, quarantine):
-                text = _record_text(task, record)
-                if text:
-                    yield EvalExample(name, locator, text)
-        else:  # a perplexity text file: one document
-            yield EvalExample(name, display, read_text(path))
+        yield from file_examples(task)(task, display, path, name, quarantine)
+
+
+FileExamples = Callable[[Any, str, Path, str, Quarantine], Iterator[EvalExample]]
+# What a file of each task type holds, by config class (a subclass uses its parent's).
+FILE_EXAMPLES: dict[type, FileExamples] = {}
+# The text of one JSONL record, by config class; None when it has none.
+RECORD_TEXT: dict[type, Callable[[Any, dict[str, Any]], str | None]] = {}
+
+
+def _found(table: dict[type, Any], task: Any) -> Any:
+    for cls in type(task).__mro__:
+        if cls in table:
+            return table[cls]
+    raise TypeError(f"no decontamination reader for {type(task).__name__} tasks")
+
+
+def file_examples(task: Any) -> FileExamples:
+    return _found(FILE_EXAMPLES, task)
+
+
+def _wikitext_file(
+    task: Any, display: str, path: Path, name: str, quarantine: Quarantine
+) -> Iterator[EvalExample]:
+    from pipeline.eval_files import read_text
+    from pipeline.wikitext import wikitext_pages
+
+    for number, page in enumerate(wikitext_pages(read_text(path)), 1):
+        yield EvalExample(name, f"{display}:article {number}", page)
+
+
+def _records_file(
+    task: Any, display: str, path: Path, name: str, quarantine: Quarantine
+) -> Iterator[EvalExample]:
+    """A JSONL file: each record's text; any other file (perplexity): one document."""
+    from pipeline.eval_files import read_text
+    from pipeline.ingest.files import jsonl_records
+
+    if not _is_jsonl(path):
+        yield EvalExample(name, display, read_text(path))
+        return
+    for locator, record in jsonl_records([(display, path)], name, quarantine):
+        try:
+            text = _found(RECORD_TEXT, task)(task, record)
+        except (KeyError, IndexError, TypeError, ValueError):
+            text = None
+        if text:
+            yield EvalExample(name, locator, text)
+
+
+FILE_EXAMPLES.update({FileEvalTask: _records_file, WikiText2Task: _wikitext_file})
 
 
 def _is_jsonl(path: Path) -> bool:
     return path.name.lower().removesuffix(".gz").endswith((".jsonl", ".ndjson"))
 
 
-def _record_text(task: Any, record: dict[str, Any]) -> str | None:
-    """The text of one record of a JSONL evaluation file; None when it has none."""
+def _hellaswag_text(task: Any, record: dict[str, Any]) -> str | None:
     from pipeline.eval_files import hellaswag_preprocess
 
-    try:
-        if task.type == "hellaswag":
-            context = record["ctx"] if "ctx" in record else f"{record['ctx_a']} {record['ctx_b']}"
-            ending = record["endings"][int(record["label"])]
-            return hellaswag_preprocess(f"{context} {ending}")
-        if task.type == "multiple_choice":
-            choices = record[task.choices_field]
-            label = record[task.label_field]
-            choice = choices[int(label)] if str(label).lstrip("-").isdigit() else label
-            return f"{record[task.context_field]}{task.delimiter}{choice}"
-        field = "text" if task.type == "lambada" else task.text_field
-        text = record[field]
+    context = record["ctx"] if "ctx" in record else f"{record['ctx_a']} {record['ctx_b']}"
+    ending = record["endings"][int(record["label"])]
+    return hellaswag_preprocess(f"{context} {ending}")
+
+
+def _choice_text(task: Any, record: dict[str, Any]) -> str | None:
+    choices = record[task.choices_field]
+    label = record[task.label_field]
+    choice = choices[int(label)] if str(label).lstrip("-").isdigit() else label
+    return f"{record[task.context_field]}{task.delimiter}{choice}"
+
+
+def _field_text(field: str) -> Callable[[Any, dict[str, Any]], str | None]:
+    def text_of(task: Any, record: dict[str, Any]) -> str | None:
+        text = record[getattr(task, field, field)]
         return text if isinstance(text, str) and text.strip() else None
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
+
+    return text_of
+
+
+RECORD_TEXT.update(
+    {
+        HellaSwagTask: _hellaswag_text,
+        MultipleChoiceTask: _choice_text,
+        LambadaTask: _field_text("text"),
+        PerplexityTask: _field_text("text_field"),
+    }
+)

@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from pipeline.config import task_name
+from pipeline.config import (
+    ApplicationTask,
+    ClassificationTask,
+    QATask,
+    SummarizationTask,
+    TranslationTask,
+    task_name,
+)
 from pipeline.evaluate.tasks import (
     MAX_EXAMPLE_ROWS,
     ChoiceQuestion,
@@ -260,9 +267,31 @@ def run_classification(task: Any, ctx: EvalContext) -> TaskResult:
     )
 
 
-APPLICATION_RUNNERS = {
-    "qa": run_qa,
-    "summarization": run_summarization,
-    "translation": run_translation,
-    "classification": run_classification,
+def run_own_score(task: Any, ctx: EvalContext) -> TaskResult:
+    """A task type that scores its predictions itself (`score`): greedy generation, then the
+    mean (and standard error) of each of its per-example metrics."""
+    examples = eval_examples(task, ctx)
+    predictions = greedy_predictions([e.prompt for e in examples], ctx, task.max_new_tokens)
+    scores = [task.score(p, e.answers) for p, e in zip(predictions, examples, strict=True)]
+    keys = sorted({k for score in scores for k in score})
+    per_metric = {k: [float(score[k]) for score in scores if k in score] for k in keys}
+    return TaskResult(
+        task_name(task),
+        task.type,
+        f"{_generation_method(task)}; {type(task).__name__}.score per example, mean over examples",
+        metrics={k: _mean(v) for k, v in per_metric.items()},
+        stderr={k: mean_stderr(v) for k, v in per_metric.items()},
+        examples=len(examples),
+        details=_details(examples, predictions, scores),
+    )
+
+
+# The application tasks' runners, by config class. A task type of its own (an ApplicationTask
+# subclass with `score`) is run by `run_own_score`.
+APPLICATION_RUNNERS: dict[type, Any] = {
+    ApplicationTask: run_own_score,
+    QATask: run_qa,
+    SummarizationTask: run_summarization,
+    TranslationTask: run_translation,
+    ClassificationTask: run_classification,
 }

@@ -28,9 +28,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pipeline.config import APPLICATION_TASK_TYPES, ConfigError, EvaluateConfig, task_name
+from pipeline.config import ApplicationTask, ConfigError, EvaluateConfig, task_name
 from pipeline.eval_files import TaskSkipped
-from pipeline.evaluate.runners import RUNNERS
+from pipeline.evaluate.runners import runner_for
 from pipeline.evaluate.scoring import LogLikelihoodScorer
 from pipeline.evaluate.tasks import EvalContext
 from pipeline.generate import load_generator
@@ -96,7 +96,7 @@ def run_evaluation(
             shards_dir,
             bytes_per_token,
         )
-        applied = [t for t in selected if t.type in APPLICATION_TASK_TYPES]
+        applied = [t for t in selected if isinstance(t, ApplicationTask)]
         if base_model_dir is not None and applied:
             log(f"evaluate: scoring the model fine-tuning started from ({base_model_dir})")
             _score_model(
@@ -176,7 +176,7 @@ def _score_model(
         name = prefix + task_name(task)
         started = time.time()
         try:
-            result = RUNNERS[task.type](task, ctx)
+            result = runner_for(task)(task, ctx)
         except TaskSkipped as exc:
             log(f"evaluate: {name} skipped: {exc}")
             scored.skipped.append({"task": name, "reason": str(exc)})

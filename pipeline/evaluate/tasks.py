@@ -7,7 +7,7 @@ and one task config from `pipeline.config`. Out: a `TaskResult` with the task's 
 of per-example scores, the number of examples scored, a one-line description of the method, and
 per-example details (for multiple-choice and LAMBADA) or generations. The application tasks
 (qa, summarization, translation, classification) run in `pipeline.evaluate.application`;
-`pipeline.evaluate.runners` maps every task type to its runner. Finding and reading a task's
+`pipeline.evaluate.runners` maps every task config class to its runner. Finding and reading a task's
 files is in `pipeline.eval_files` (shared with decontaminate and tracking).
 
 Methods, as lm-evaluation-harness defines them (0-shot):
@@ -31,13 +31,25 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import APPLICATION_TASK_TYPES, EvaluateConfig, task_name
+from pipeline.config import (
+    ApplicationTask,
+    EvaluateConfig,
+    GenerationsTask,
+    HeldoutTask,
+    HellaSwagTask,
+    LambadaTask,
+    MultipleChoiceTask,
+    PerplexityTask,
+    WikiText2Task,
+    task_name,
+)
 from pipeline.eval_files import TaskSkipped, hellaswag_preprocess, read_text, task_files
 from pipeline.evaluate.language_model import bits_per_byte, heldout_loss
 from pipeline.evaluate.scoring import LogLikelihoodScorer
@@ -129,7 +141,27 @@ def _label_index(value: Any, choices: list[str]) -> int:
     return index
 
 
-def choice_questions(task: Any, ctx: EvalContext, limit: int | None) -> list[ChoiceQuestion]:
+def hellaswag_question(task: Any, record: dict[str, Any]) -> tuple[str, list[str], int]:
+    choices = [hellaswag_preprocess(str(e)) for e in record["endings"]]
+    return hellaswag_context(record), choices, _label_index(record["label"], choices)
+
+
+def field_question(task: Any, record: dict[str, Any]) -> tuple[str, list[str], int]:
+    """A multiple_choice record: context, choices and label in the fields the task names."""
+    raw = record[task.choices_field]
+    if not isinstance(raw, list):
+        raise ValueError(f"{task.choices_field} is not a list")
+    choices = [str(c) for c in raw]
+    context = str(record[task.context_field])
+    return context, choices, _label_index(record[task.label_field], choices)
+
+
+QuestionReader = Callable[[Any, dict[str, Any]], tuple[str, list[str], int]]
+
+
+def choice_questions(
+    task: Any, ctx: EvalContext, limit: int | None, question: QuestionReader = field_question
+) -> list[ChoiceQuestion]:
     name = task_name(task)
     questions = []
     files = task_files(task, ctx.base_dir)
@@ -137,17 +169,7 @@ def choice_questions(task: Any, ctx: EvalContext, limit: int | None) -> list[Cho
         if limit is not None and len(questions) >= limit:
             break
         try:
-            if task.type == "hellaswag":
-                choices = [hellaswag_preprocess(str(e)) for e in record["endings"]]
-                context = hellaswag_context(record)
-                label = _label_index(record["label"], choices)
-            else:
-                raw = record[task.choices_field]
-                if not isinstance(raw, list):
-                    raise ValueError(f"{task.choices_field} is not a list")
-                choices = [str(c) for c in raw]
-                context = str(record[task.context_field])
-                label = _label_index(record[task.label_field], choices)
+            context, choices, label = question(task, record)
             if len(choices) < 2:
                 raise ValueError("fewer than two choices")
         except KeyError as exc:
@@ -202,9 +224,18 @@ def score_choices(
 
 
 def run_multiple_choice(task: Any, ctx: EvalContext) -> TaskResult:
+    return _run_choices(task, ctx, field_question, task.delimiter, "the context")
+
+
+def run_hellaswag(task: Any, ctx: EvalContext) -> TaskResult:
+    return _run_choices(task, ctx, hellaswag_question, " ", "'activity_label: ctx'")
+
+
+def _run_choices(
+    task: Any, ctx: EvalContext, question: QuestionReader, delimiter: str, what: str
+) -> TaskResult:
     name = task_name(task)
-    questions = choice_questions(task, ctx, effective_limit(task, ctx.cfg))
-    delimiter = " " if task.type == "hellaswag" else task.delimiter
+    questions = choice_questions(task, ctx, effective_limit(task, ctx.cfg), question)
     results, too_long = score_choices(questions, ctx.scorer, delimiter)
     for locator in too_long:
         ctx.quarantine.add(
@@ -215,7 +246,6 @@ def run_multiple_choice(task: Any, ctx: EvalContext) -> TaskResult:
         )
     acc = [float(r["pred"] == r["label"]) for r in results]
     acc_norm = [float(r["pred_norm"] == r["label"]) for r in results]
-    what = "'activity_label: ctx'" if task.type == "hellaswag" else "the context"
     method = (
         f"lm-eval-harness multiple_choice, 0-shot: acc = argmax sum log p({delimiter!r} + choice"
         f" | {what}); acc_norm = argmax of it / UTF-8 bytes of the choice"
@@ -288,13 +318,19 @@ def run_lambada(task: Any, ctx: EvalContext) -> TaskResult:
 # -------------------------------------------------------------------------------- perplexity
 
 
-def perplexity_documents(task: Any, ctx: EvalContext) -> list[str]:
+def wikitext_documents(task: Any, ctx: EvalContext) -> list[str]:
+    """WikiText-2's articles, detokenized as lm-eval's wikitext."""
     limit = effective_limit(task, ctx.cfg)
     documents: list[str] = []
-    if task.type == "wikitext2":
-        for _, path in task_files(task, ctx.base_dir):
-            documents.extend(wikitext_pages(read_text(path)))
-        return documents[:limit] if limit else documents
+    for _, path in task_files(task, ctx.base_dir):
+        documents.extend(wikitext_pages(read_text(path)))
+    return documents[:limit] if limit else documents
+
+
+def perplexity_documents(task: Any, ctx: EvalContext) -> list[str]:
+    """Each JSONL record's `text_field`, or each text file."""
+    limit = effective_limit(task, ctx.cfg)
+    documents: list[str] = []
     name = task_name(task)
     for display, path in task_files(task, ctx.base_dir):
         if path.name.lower().removesuffix(".gz").endswith((".jsonl", ".ndjson")):
@@ -312,7 +348,15 @@ def perplexity_documents(task: Any, ctx: EvalContext) -> list[str]:
 
 
 def run_perplexity(task: Any, ctx: EvalContext) -> TaskResult:
-    documents = perplexity_documents(task, ctx)
+    return _run_perplexity(task, ctx, perplexity_documents(task, ctx), "")
+
+
+def run_wikitext2(task: Any, ctx: EvalContext) -> TaskResult:
+    source = "WikiText-2 articles, detokenized as lm-eval's wikitext; "
+    return _run_perplexity(task, ctx, wikitext_documents(task, ctx), source)
+
+
+def _run_perplexity(task: Any, ctx: EvalContext, documents: list[str], source: str) -> TaskResult:
     if not documents:
         raise TaskSkipped(f"{task.path}: no documents to score")
     scored = ctx.scorer.document_nll(documents)
@@ -321,7 +365,6 @@ def run_perplexity(task: Any, ctx: EvalContext) -> TaskResult:
     n_bytes = sum(len(d.encode("utf-8")) for d in documents)
     words = sum(len(re.split(r"\s+", d)) for d in documents)
     loss = nats / tokens
-    source = "WikiText-2 articles, detokenized as lm-eval's wikitext; " * (task.type == "wikitext2")
     return TaskResult(
         task_name(task),
         task.type,
@@ -404,15 +447,16 @@ def run_generations(task: Any, ctx: EvalContext) -> TaskResult:
     )
 
 
-# The language-model tasks; pipeline.evaluate.runners adds the application tasks to them.
-BASE_RUNNERS = {
-    "heldout": run_heldout,
-    "perplexity": run_perplexity,
-    "wikitext2": run_perplexity,
-    "hellaswag": run_multiple_choice,
-    "multiple_choice": run_multiple_choice,
-    "lambada": run_lambada,
-    "generations": run_generations,
+# The language-model tasks' runners, by config class; pipeline.evaluate.runners adds the
+# application tasks to them.
+BASE_RUNNERS: dict[type, Callable[[Any, EvalContext], TaskResult]] = {
+    HeldoutTask: run_heldout,
+    PerplexityTask: run_perplexity,
+    WikiText2Task: run_wikitext2,
+    HellaSwagTask: run_hellaswag,
+    MultipleChoiceTask: run_multiple_choice,
+    LambadaTask: run_lambada,
+    GenerationsTask: run_generations,
 }
 
 
@@ -432,7 +476,7 @@ def eval_input_fingerprints(cfg: EvaluateConfig, base_dir: str) -> list[str]:
             # Application tasks read path, eval_path and target_path.
             named = (
                 named_input_files(task, base_dir)
-                if task.type in APPLICATION_TASK_TYPES
+                if isinstance(task, ApplicationTask)
                 else task_files(task, base_dir)
             )
             files = [[name, path.stat().st_size, file_content_digest(path)] for name, path in named]

@@ -279,14 +279,14 @@ def _sft_data(request: Any, train: Any, block_size: int) -> SFTDataModule:
     if not request.tokenizer_path:
         raise ValueError("fine-tuning needs the model's tokenizer (tokenizer_path)")
     return SFTDataModule(
-        request.finetune["examples_dir"],
+        request.data.examples_dir,
         request.tokenizer_path,
         block_size=block_size,
         batch_size=train.batch_size,
         val_batches=train.val_batches,
         seed=train.seed,
-        weights=request.finetune.get("weights") or {},
-        packing=bool(request.finetune.get("packing", True)),
+        weights=request.data.weights,
+        packing=request.data.packing,
         grad_accum_steps=train.grad_accum_steps,
     )
 

@@ -17,6 +17,10 @@ What each task reads (a file, a folder or a glob; `.gz` is read transparently):
 - classification: JSONL/CSV with `text_field` and `label_field`; a label value matches a key of
   `labels` as a string (`0` and `"0"` both match `"0"`).
 
+How a record of each type becomes an example is registered against the task's config class
+(`@makes_examples(QATask)`, ...); a task class of its own that defines `example_fields` uses the
+one registered for `ApplicationTask`, which calls it.
+
 Split: with `eval_path`, train = the examples of `path` and eval = those of `eval_path`;
 otherwise an example is held out (eval) when the hash of its text falls below `eval_fraction`,
 so the same examples are held out in every run, whatever order or files they come in.
@@ -31,14 +35,22 @@ import hashlib
 import json
 import string
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, task_name
+from pipeline.config import (
+    ApplicationTask,
+    ClassificationTask,
+    ConfigError,
+    QATask,
+    SummarizationTask,
+    TranslationTask,
+    task_name,
+)
 from pipeline.ingest.files import (
     decoded_lines,
     file_name,
@@ -61,21 +73,13 @@ class Example:
     label: int | None = None  # classification: index of the right one in choices
 
 
-DEFAULT_PROMPTS = {
-    "qa": "{context}\nQuestion: {question}\nAnswer:",
-    "summarization": "{article}\nTL;DR:",
-    "translation": "{source_language}: {source}\n{target_language}:",
-    "classification": "{text}\nAnswer:",
-}
 DEFAULT_RESPONSE = " {answer}"
-PROMPT_FIELDS = {
-    "qa": ("context", "question"),
-    "summarization": ("article",),
-    "translation": ("source", "source_lang", "target_lang", "source_language", "target_language"),
-    "classification": ("text",),
-}
-# A response template may use the answer and every prompt field.
-RESPONSE_FIELDS = {kind: ("answer", *fields) for kind, fields in PROMPT_FIELDS.items()}
+
+
+def response_fields(task: Any) -> tuple[str, ...]:
+    """A response template may use the answer and every prompt field."""
+    return ("answer", *task.prompt_fields)
+
 
 # English names of common language codes (ISO 639-1, and FLORES-200's ISO 639-3 + script).
 LANGUAGE_NAMES = {
@@ -120,13 +124,11 @@ def templates(task: Any) -> tuple[str, str]:
     """The task's (prompt, response) templates; ConfigError naming the task and the field when
     one names a field the task does not have (or is not a valid format string)."""
     name = task_name(task)
-    prompt = (
-        task.prompt_template if task.prompt_template is not None else DEFAULT_PROMPTS[task.type]
-    )
+    prompt = task.prompt_template if task.prompt_template is not None else task.default_prompt
     response = task.response_template if task.response_template is not None else DEFAULT_RESPONSE
     for key, template, allowed in (
-        ("prompt_template", prompt, PROMPT_FIELDS[task.type]),
-        ("response_template", response, RESPONSE_FIELDS[task.type]),
+        ("prompt_template", prompt, task.prompt_fields),
+        ("response_template", response, response_fields(task)),
     ):
         try:
             used = _template_fields(template)
@@ -307,7 +309,9 @@ def _records(
                 locator=display,
                 detail=f"a {task.type} task reads JSON, JSONL, CSV or TSV files"
                 + (
-                    " (plain text only as path + target_path)" if task.type == "translation" else ""
+                    " (plain text only as path + target_path)"
+                    if "target_path" in type(task).model_fields
+                    else ""
                 ),
             )
 
@@ -435,6 +439,77 @@ def _classification_fields(task: Any, record: dict[str, Any]) -> tuple[dict[str,
     return {"text": text}, key
 
 
+# How a record of each task type becomes an Example (BadRecord refuses it), registered against
+# the task's config class; a subclass uses its parent's unless it has its own.
+ExampleMaker = Callable[["_Builder", str, dict[str, Any]], Example]
+EXAMPLE_MAKERS: dict[type, ExampleMaker] = {}
+
+
+def example_maker(task: Any) -> ExampleMaker:
+    for cls in type(task).__mro__:
+        if cls in EXAMPLE_MAKERS:
+            return EXAMPLE_MAKERS[cls]
+    raise TypeError(f"no example maker for {type(task).__name__} tasks")
+
+
+def makes_examples(config_class: type) -> Callable[[ExampleMaker], ExampleMaker]:
+    """Decorator: `maker(builder, locator, record) -> Example` makes `config_class`'s examples."""
+
+    def register(maker: ExampleMaker) -> ExampleMaker:
+        EXAMPLE_MAKERS[config_class] = maker
+        return maker
+
+    return register
+
+
+@makes_examples(ApplicationTask)
+def _own_fields(builder: _Builder, locator: str, record: dict[str, Any]) -> Example:
+    """A task type that says itself what a record's fields and answers are."""
+    fields, answers = builder.task.example_fields(record)
+    if not answers:
+        raise BadRecord("missing_field", "the record has no answer")
+    return builder.make(locator, fields, answers[0], tuple(answers))
+
+
+@makes_examples(QATask)
+def _qa_example(builder: _Builder, locator: str, record: dict[str, Any]) -> Example:
+    fields, golds = _qa_fields(builder.task, record)
+    return builder.make(locator, fields, golds[0], golds)
+
+
+@makes_examples(SummarizationTask)
+def _summary_example(builder: _Builder, locator: str, record: dict[str, Any]) -> Example:
+    fields, (summary,) = _summary_fields(builder.task, record)
+    return builder.make(locator, fields, summary, (summary,))
+
+
+@makes_examples(TranslationTask)
+def _translation_example(builder: _Builder, locator: str, record: dict[str, Any]) -> Example:
+    task = builder.task
+    source = _text(record, task.source_lang)
+    target = _text(record, task.target_lang)
+    return builder.make(locator, _translation_fields(task, source), target, (target,))
+
+
+@makes_examples(ClassificationTask)
+def _classification_example(builder: _Builder, locator: str, record: dict[str, Any]) -> Example:
+    """Every label's response is a choice; the record's label says which one is right."""
+    task = builder.task
+    fields, key = _classification_fields(task, record)
+    words = list(task.labels.values())
+    choices = tuple(builder.response_template.format(answer=w, **fields) for w in words)
+    label = list(task.labels).index(key)
+    return Example(
+        builder.name,
+        locator,
+        builder.prompt_template.format(**fields),
+        choices[label],
+        (words[label],),
+        choices,
+        label,
+    )
+
+
 class _Builder:
     """Records -> Examples for one task: templates applied, bad records quarantined."""
 
@@ -461,34 +536,11 @@ class _Builder:
         )
 
     def from_record(self, locator: str, record: dict[str, Any]) -> Example | None:
-        task = self.task
         try:
-            if task.type == "qa":
-                fields, golds = _qa_fields(task, record)
-                return self.make(locator, fields, golds[0], golds)
-            if task.type == "summarization":
-                fields, (summary,) = _summary_fields(task, record)
-                return self.make(locator, fields, summary, (summary,))
-            if task.type == "translation":
-                source = _text(record, task.source_lang)
-                target = _text(record, task.target_lang)
-                return self.make(locator, _translation_fields(task, source), target, (target,))
-            fields, key = _classification_fields(task, record)
+            return example_maker(self.task)(self, locator, record)
         except BadRecord as exc:
             self.reject(locator, exc, record)
             return None
-        words = list(task.labels.values())
-        choices = tuple(self.response_template.format(answer=w, **fields) for w in words)
-        label = list(task.labels).index(key)
-        return Example(
-            self.name,
-            locator,
-            self.prompt_template.format(**fields),
-            choices[label],
-            (words[label],),
-            choices,
-            label,
-        )
 
     def from_path(self, path: str, base_dir: str | Path) -> Iterator[Example]:
         for locator, record in _records(self.task, path, base_dir, self.quarantine):
@@ -556,7 +608,7 @@ def _reader(task: Any, base_dir: str | Path, quarantine: Quarantine) -> Any:
     builder = _Builder(task, quarantine)
 
     def read(path: str) -> Iterator[Example]:
-        if task.type == "translation" and task.target_path is not None and path == task.path:
+        if getattr(task, "target_path", None) is not None and path == task.path:
             return builder.from_parallel_text(base_dir)
         return builder.from_path(path, base_dir)
 

@@ -142,7 +142,7 @@ def run_finetune_stage(
     launch: Callable[[Path, Log, str | None, dict[str, str]], None],
 ) -> dict[str, Any]:
     from pipeline.model.checkpoint import load_config
-    from pipeline.train.request import TrainRequest
+    from pipeline.train.request import SFTData, TrainRequest
 
     ft = config.finetune
     base = resolve_base_model(ft.init_from, pretrain_out, out, tracking_uri)
@@ -150,25 +150,19 @@ def run_finetune_stage(
     counts = prepare_examples(config, out, log)
     gpt_config = load_config(base)
     request = TrainRequest(
-        model={},
-        train=ft.train.model_dump(mode="json"),
-        vocab_size=gpt_config.vocab_size,
-        eot_id=-1,  # the data module takes it from the tokenizer
-        shards_dir="",
+        model=gpt_config,  # the base model's exact shape: fine-tuning continues it
+        train=ft.train,
+        data=SFTData(
+            examples_dir=str(out / "examples"),
+            packing=ft.packing,
+            weights={task_name(t): t.weight for t in ft.tasks},
+        ),
         out_dir=str(out),
         tokenizer_path=str(base / "tokenizer.json"),
+        init_from=str(base),
+        lora=ft.lora,
         mlflow_tracking_uri=tracking_uri,
         mlflow_run_id=mlflow_run_id,
-        init_from=str(base),
-        gpt_config=gpt_config.to_dict(),
-        finetune={
-            "examples_dir": str(out / "examples"),
-            # Imported by the training process: it registers the "finetune" data module.
-            "data_module": "pipeline.finetune.data",
-            "packing": ft.packing,
-            "weights": {task_name(t): t.weight for t in ft.tasks},
-            "lora": ft.lora.model_dump(mode="json") if ft.lora else None,
-        },
     )
     request_path = out / "train_request.json"
     request.to_json(request_path)  # without credentials; they go by environment

@@ -39,7 +39,7 @@ from fnmatch import translate
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from pipeline.config import ConfigError, PipelineConfig, source_description
+from pipeline.config import SOURCE_TYPES, ConfigError, PipelineConfig, source_description
 from pipeline.ingest.encoding import SNIFF_BYTES, TextEncoding, detect_text_encoding, sniff_binary
 
 if TYPE_CHECKING:
@@ -60,19 +60,6 @@ READ_BUFFER = 1 << 20
 GZIP_BOMB_RATIO = 200
 GZIP_BOMB_MIN_BYTES = 64 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b\x08"
-
-# What a folder source picks up, per source type (a file or a glob given explicitly is read
-# whatever its name). Hidden files and `_`-prefixed ones (manifests, quarantine) are skipped.
-FOLDER_SUFFIXES = {
-    "jsonl": (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz"),
-    "csv": (".csv", ".tsv", ".csv.gz", ".tsv.gz"),
-    "parquet": (".parquet", ".pq"),
-    "text": (".txt", ".text", ".md", ".txt.gz", ".text.gz", ".md.gz"),
-    "warc": (".warc", ".warc.gz", ".arc", ".arc.gz"),
-    "html": (".html", ".htm", ".xhtml", ".html.gz", ".htm.gz", ".xhtml.gz"),
-    "feed": (".rss", ".atom", ".xml", ".rdf", ".json", ".rss.gz", ".atom.gz", ".xml.gz"),
-    "hf": (".parquet", ".jsonl", ".json", ".csv", ".arrow", ".jsonl.gz", ".json.gz", ".csv.gz"),
-}
 
 
 @dataclass(frozen=True)
@@ -295,12 +282,17 @@ def _glob_root(resolved: str) -> tuple[Path, tuple[str, ...]]:
 
 
 def match_source_files(
-    source_type: str, path: str, base_dir: str | Path, follow_links: bool = False
+    kind: str | tuple[str, ...], path: str, base_dir: str | Path, follow_links: bool = False
 ) -> SourceFiles:
-    """Expand a source path into files, sorted by display name for a deterministic order."""
+    """Expand a source path into files, sorted by display name for a deterministic order.
+
+    `kind`: the file name endings a folder's files are picked up by (`Source.folder_suffixes`),
+    or a source type's name for those of its config class. A file or a glob given explicitly
+    is read whatever its name; hidden files and `_`-prefixed ones (manifests, quarantine) in a
+    folder are skipped."""
     resolved = resolve_source_path(path, base_dir)
     if is_url(resolved):
-        return _match_url_files(source_type, resolved)
+        return _match_url_files(folder_suffixes(kind), resolved)
 
     def name_of(file: Path) -> str:
         return display_name(file, path, base_dir)
@@ -321,7 +313,7 @@ def match_source_files(
             )
     elif Path(resolved).is_dir():
         root = Path(resolved)
-        suffixes = FOLDER_SUFFIXES[source_type]
+        suffixes = folder_suffixes(kind)
         walk = _Walk(root, follow_links, name_of, lambda n: n.endswith(suffixes), (".", "_"))
         st = os.stat(root)
         walk.glob(root, ("**", "*"), frozenset({(st.st_dev, st.st_ino)}))
@@ -360,7 +352,11 @@ def is_url(path: Any) -> bool:
     return isinstance(path, str) and "://" in path
 
 
-def _match_url_files(source_type: str, url: str) -> SourceFiles:
+def folder_suffixes(kind: str | tuple[str, ...]) -> tuple[str, ...]:
+    return kind if isinstance(kind, tuple) else SOURCE_TYPES[kind].folder_suffixes
+
+
+def _match_url_files(suffixes: tuple[str, ...], url: str) -> SourceFiles:
     """Files behind an fsspec URL (file://, s3://, https://, ...): a file, a folder or a glob.
 
     Their display names are the URLs themselves."""
@@ -371,7 +367,6 @@ def _match_url_files(source_type: str, url: str) -> SourceFiles:
         if any(ch in GLOB_CHARS for ch in root):
             paths = [p for p in fs.glob(root) if fs.isfile(p)]
         elif fs.isdir(root):
-            suffixes = FOLDER_SUFFIXES[source_type]
             paths = [
                 p
                 for p in fs.find(root)
@@ -806,7 +801,7 @@ def source_input_fingerprint(sources: list, base_dir: str | Path) -> list[str]:
     fingerprints = []
     for source in sources:
         matched = match_source_files(
-            source.type, source.path, base_dir, getattr(source, "follow_links", False)
+            source.folder_suffixes, source.path, base_dir, getattr(source, "follow_links", False)
         )
         files: list[list] | str
         if matched.problem:
@@ -900,13 +895,14 @@ def require_source_files(config: PipelineConfig) -> None:
 def missing_source_files(config: PipelineConfig) -> list[str]:
     """One line per local source whose path matches no file and is not marked `optional`.
 
-    A Hugging Face source's path may be a hub name, and a URL is not looked up before the
-    run: both are left to ingest, which quarantines what it cannot read."""
+    A path that may name something else than a file (`local_only` false: a Hugging Face hub
+    name) and a URL are not looked up before the run: both are left to ingest, which
+    quarantines what it cannot read."""
     lines = []
     for number, source in enumerate(config.sources):
-        if source.optional or source.type == "hf" or is_url(source.path):
+        if source.optional or not source.local_only or is_url(source.path):
             continue
-        matched = match_source_files(source.type, source.path, config.base_dir)
+        matched = match_source_files(source.folder_suffixes, source.path, config.base_dir)
         if matched.problem in ("missing_path", "no_files"):
             label = source.name or f"{source.type}:{source.path}"
             lines.append(

@@ -1,4 +1,4 @@
-"""Record readers, one per source type: a file in, a stream of records and problems out.
+"""Record readers of the built-in record source types (see kinds.py): a file in, a stream of records and problems out.
 
 In: one file of a source (JSONL, CSV, Parquet or text; `.gz` for the line-based ones) and its
 display name. Out: `RawRecord`s (a locator such as `name:12` or `name#3`, the record's fields,
@@ -17,7 +17,7 @@ import csv
 import gzip
 import json
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,18 +328,10 @@ class _TextBlock:
         return RawRecord(locator, {source.text_field: text}, self.invalid)
 
 
-READERS: dict[str, Callable[[Any, Path, str], Iterator[ReadItem]]] = {
-    "jsonl": read_jsonl,
-    "csv": read_csv,
-    "parquet": read_parquet,
-    "text": read_text,
-}
-
-
 def read_source_file(
-    source: Any, file: Path, name: str, span: ByteSpan | None = None
+    items: Iterator[ReadItem], name: str, span: ByteSpan | None = None
 ) -> Iterator[ReadItem]:
-    """A reader's items, with file-level failures turned into problems instead of exceptions.
+    """A reader's items (for the file `name`, or its `span`), with file-level failures turned into problems instead of exceptions.
 
     What was read before a failure (e.g. the lines before a gzip is cut short) is kept; the
     problem's locator says where reading stopped. A file that yields nothing is reported too
@@ -347,8 +339,6 @@ def read_source_file(
     """
     last_locator = None
     produced = 0
-    reader = READERS[source.type]
-    items = reader(source, file, name) if span is None else reader(source, file, name, span)
     try:
         for item in items:
             produced += 1

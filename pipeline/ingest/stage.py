@@ -1,8 +1,10 @@
 """The ingest stage: source configs in, document shards + quarantine + a manifest body out.
 
-1. Plan: the sources become numbered units of work (units.py); a feed source with `pages` gets
-   an index of its pages' URLs.
-2. Map: `ingest_unit` (module-level, so worker processes can run it) reads one unit and writes
+1. Plan: each source's kind (kinds.py, found from its config class) prepares what its units
+   share (a feed source with `pages`: an index of its pages' URLs) and lists its numbered units
+   of work (units.py).
+2. Map: `ingest_unit` (module-level, so worker processes can run it) reads one unit with its
+   source's kind (reading.py: records, pages or feeds into documents) and writes
    its documents to `_units/NNNNN/part-*.parquet` and its refusals to `_units/NNNNN/
    _quarantine.jsonl`; it returns its counts. Memory holds one record or page at a time.
 3. Merge: the units' documents are concatenated in unit order into `part-NNNNN.parquet` shards
@@ -24,449 +26,49 @@ broken XML was recovered): they are logged in the quarantine too and counted as
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
-from pipeline.documents import ShardWriter, document_id, make_document, shard_paths
+from pipeline.documents import ShardWriter, shard_paths
 from pipeline.ingest.files import EXCERPT_CHARS
-from pipeline.ingest.readers import RawRecord, ReadProblem, read_source_file
-from pipeline.ingest.units import WEB_TYPES, Unit, plan_units
+from pipeline.ingest.kinds import kind_of, plan_units
+from pipeline.ingest.reading import (
+    REPAIR_REASONS,
+    UnitSink,
+    UnitTask,
+    source_name,
+)
 from pipeline.parallel import Executor, SerialExecutor
 from pipeline.quarantine import QUARANTINE_FILE, Quarantine
 
-# Quarantine entries that note a repair of a kept document rather than a refusal.
-REPAIR_REASONS = frozenset(
-    {"invalid_utf8", "undecodable_bytes", "malformed_feed_recovered", "invalid_characters"}
-)
-MAX_RECORD_DEPTH = 64  # a record nested deeper is refused (later stages parse its meta)
-_SURROGATE = re.compile("[\ud800-\udfff]")
-MAPPABLE_COLUMNS = ("id", "url", "title", "published", "lang")
-EXAMPLE_CHARS = 300
 MAX_EXAMPLES = 6
 UNITS_DIR = "_units"
 UNIT_PART_ROWS = 1 << 40  # one Parquet part per unit; the merge cuts the real shards
-
-
-def source_name(source: Any) -> str:
-    """The label a source goes by in counts and in the `source` column."""
-    return source.name or f"{source.type}:{source.path}"
-
-
-def _as_column_value(value: Any) -> str | None:
-    """A mapped record field as a document column: strings kept, others rendered."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return str(value)
-
-
-def record_to_document(
-    source: Any, name: str, record: RawRecord
-) -> tuple[dict[str, Any] | None, ReadProblem | None]:
-    """A document from a record, or the problem that keeps it from being one."""
-    fields = record.fields
-    if _too_deep(fields, MAX_RECORD_DEPTH):
-        return None, ReadProblem(
-            "too_deeply_nested",
-            record.locator,
-            f"the record nests deeper than {MAX_RECORD_DEPTH} levels",
-            record.raw,
-        )
-    text = fields.get(source.text_field)
-    if text is None:
-        present = ", ".join(sorted(map(str, fields))[:20])
-        return None, ReadProblem(
-            "missing_text",
-            record.locator,
-            f"no {source.text_field!r} field (fields: {present})",
-            record.raw,
-        )
-    if not isinstance(text, str):
-        return None, ReadProblem(
-            "non_string_text",
-            record.locator,
-            f"{source.text_field!r} is a {type(text).__name__}, not a string",
-            record.raw,
-        )
-    if not text.strip():
-        return None, ReadProblem("empty_text", record.locator, "the text is empty", record.raw)
-
-    columns = {
-        column: _as_column_value(fields.get(field)) for column, field in source.fields.items()
-    }
-    url = columns.get("url") or None
-    user_id = columns.get("id")
-    if user_id:
-        # A record's own id, namespaced by source type and name so two sources that both
-        # number their records 0, 1, 2 ... never collide.
-        doc_id = document_id(source.type, f"{name}|id={user_id}", url)
-    else:
-        doc_id = document_id(source.type, record.locator, url)
-
-    used = {source.text_field, *source.fields.values()}
-    meta = {key: value for key, value in fields.items() if key not in used}
-    meta["_locator"] = record.locator  # where it came from, to find the raw record again
-    if record.invalid_utf8:
-        meta["_invalid_utf8"] = True
-    doc = make_document(
-        id=doc_id,
-        text=text,
-        source=name,
-        url=url,
-        title=columns.get("title"),
-        published=columns.get("published"),
-        lang=columns.get("lang"),
-        meta=meta,
-    )
-    return doc, None
-
-
-def _too_deep(value: Any, limit: int) -> bool:
-    """Whether dicts and lists nest more than `limit` levels (an iterative walk)."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
-    return False
-
-
-def _record_for_quarantine(item: RawRecord | ReadProblem) -> Any:
-    """A bounded excerpt of a refused record, never the whole of it."""
-    if item.raw is not None:
-        return item.raw[:EXCERPT_CHARS]
-    if isinstance(item, RawRecord):
-        # Parquet and text records have no raw line: an excerpt of its text field.
-        text = json.dumps(item.fields, ensure_ascii=False, default=str)[:EXCERPT_CHARS]
-        return text
-    return None
-
-
-def _valid_text(value: str) -> tuple[str, int, int]:
-    """A string without NUL characters and lone surrogates (which Parquet cannot store): the
-    text, the NULs removed, the surrogates replaced by U+FFFD."""
-    if value.isascii() and "\x00" not in value:
-        return value, 0, 0
-    nuls = value.count("\x00")
-    if nuls:
-        value = value.replace("\x00", "")
-    value, surrogates = _SURROGATE.subn("\ufffd", value)
-    return value, nuls, surrogates
-
-
-# ------------------------------------------------------------------------------ one unit
-
-
-@dataclass(frozen=True)
-class UnitTask:
-    number: int
-    unit: Unit
-    source: Any
-    base_dir: str
-    out_dir: str  # this unit's own folder
-    settings: IngestConfig
-    page_index: str | None = None  # a PageIndex JSON file, for feeds with `pages`
-
-
-class _UnitSink:
-    """Where one unit's documents, refusals and repairs go, and its counts."""
-
-    def __init__(self, task: UnitTask, writer: ShardWriter, quarantine: Quarantine):
-        from pipeline.ingest.langid import LanguageIdentifier
-
-        self.task = task
-        self.name = source_name(task.source)
-        self.writer = writer
-        self.quarantine = quarantine
-        self.langid = LanguageIdentifier(task.settings.langid)
-        self.counts: Counter[str] = Counter()
-        self.languages: Counter[str] = Counter()
-        self.extractors: Counter[str] = Counter()
-        self.skipped: Counter[str] = Counter()
-        self.missing_mapped: Counter[str] = Counter()
-        self.chars = 0
-        self.example: dict[str, Any] | None = None
-
-    def refuse(self, problem: ReadProblem, record: Any = None) -> None:
-        record = record if record is not None else problem.raw
-        if isinstance(record, str):
-            record = record[:EXCERPT_CHARS]
-        self.quarantine.add(
-            problem.reason,
-            source=self.name,
-            locator=problem.locator,
-            detail=problem.detail,
-            record=record,
-        )
-        self.counts["quarantined"] += 1
-
-    def repair(self, reason: str, locator: str, detail: str, record: Any = None) -> None:
-        self.quarantine.add(reason, source=self.name, locator=locator, detail=detail, record=record)
-        self.counts[f"repaired:{reason}"] += 1
-
-    def accept(self, doc: dict[str, Any]) -> None:
-        nuls = surrogates = 0
-        for column in ("text", "url", "title", "published", "lang", "meta"):
-            if isinstance(doc[column], str):
-                doc[column], n, m = _valid_text(doc[column])
-                nuls, surrogates = nuls + n, surrogates + m
-        if nuls or surrogates:
-            meta = json.loads(doc["meta"])
-            self.repair(
-                "invalid_characters",
-                meta.get("_locator", ""),
-                f"{nuls} NUL characters removed, {surrogates} lone surrogates replaced by "
-                f"U+FFFD; kept as document {doc['id']}",
-            )
-        if not doc["text"].strip():
-            meta = json.loads(doc["meta"])
-            problem = ReadProblem("empty_text", meta.get("_locator", ""), "no text is left")
-            self.refuse(problem)
-            return
-        if doc["lang"] is None and self.langid.enabled:
-            lang, score = self.langid.identify(doc["text"])
-            if lang is not None:
-                doc["lang"] = lang
-                meta = json.loads(doc["meta"])
-                meta["lang_score"] = score
-                doc["meta"] = json.dumps(meta, ensure_ascii=False, default=str)
-        self.languages[doc["lang"] or "unknown"] += 1
-        self.writer.write(doc)
-        self.counts["documents"] += 1
-        self.chars += len(doc["text"])
-        if self.example is None:
-            self.example = {
-                "id": doc["id"],
-                "source": self.name,
-                "lang": doc["lang"],
-                "title": doc["title"],
-                "url": doc["url"],
-                "text": doc["text"][:EXAMPLE_CHARS],
-            }
-
-    def result(self) -> dict[str, Any]:
-        return {
-            "number": self.task.number,
-            "source": self.name,
-            "counts": dict(self.counts),
-            "languages": dict(self.languages),
-            "extractors": dict(self.extractors),
-            "skipped_records": dict(self.skipped),
-            "missing_mapped": dict(self.missing_mapped),
-            "files": len(self.task.unit.files),
-            "chars": self.chars,
-            "example": self.example,
-            "problem_only": self.task.unit.problem is not None,
-        }
-
-
-def _read_records(task: UnitTask, sink: _UnitSink) -> None:
-    """jsonl / csv / parquet / text / hf: records -> documents."""
-    source = task.source
-    if source.type == "hf":
-        from pipeline.ingest.hf import iter_hf_records
-
-        file = task.unit.files[0] if task.unit.files else None
-        items = iter_hf_records(source, task.base_dir, task.unit.hf_mode or "hub", file)
-    else:
-        name, file = task.unit.files[0]
-        items = read_source_file(source, file, name, task.unit.span)
-    for item in items:
-        if isinstance(item, ReadProblem):
-            sink.refuse(item)
-            continue
-        doc, problem = record_to_document(source, sink.name, item)
-        if problem is not None:
-            sink.refuse(problem, _record_for_quarantine(item))
-            continue
-        if item.invalid_utf8:
-            sink.repair(
-                "invalid_utf8",
-                item.locator,
-                f"invalid bytes replaced by U+FFFD; kept as document {doc['id']}",
-                _record_for_quarantine(item),
-            )
-        sink.missing_mapped.update(
-            c for c, f in source.fields.items() if item.fields.get(f) is None
-        )
-        sink.accept(doc)
-
-
-def _page_document(
-    sink: _UnitSink, worker: Any, page: Any, url: str | None, extra: dict[str, Any]
-) -> dict[str, Any] | None:
-    """Extract one page into a document, in the extraction worker (sandbox.py); refuse it (and
-    return None) when it has no text, is refused, or takes too long."""
-    from pipeline.ingest.html import ExtractionFailed
-
-    try:
-        extracted = worker.call("extract", page.data, page.charset)
-    except ExtractionFailed as exc:
-        excerpt = None
-        if exc.reason != "binary_file":
-            excerpt = page.data[: EXCERPT_CHARS * 2].decode("utf-8", "replace")[:EXCERPT_CHARS]
-        sink.refuse(ReadProblem(exc.reason, page.locator, exc.detail), excerpt)
-        return None
-    sink.extractors[extracted.extractor] += 1
-    url = url or extracted.canonical_url
-    meta = {
-        "_locator": page.locator,
-        "extractor": extracted.extractor,
-        "author": extracted.author,
-        "lang_hint": extracted.lang_hint,
-        "encoding": extracted.encoding,
-        **page.meta,
-        **extra,
-    }
-    doc_id = document_id(sink.task.source.type, page.locator, url)
-    if extracted.replaced_bytes:
-        meta["_undecodable_bytes"] = True
-        sink.repair(
-            "undecodable_bytes",
-            page.locator,
-            f"bytes invalid in {extracted.encoding} replaced by U+FFFD; kept as document {doc_id}",
-        )
-    return make_document(
-        id=doc_id,
-        text=extracted.text,
-        source=sink.name,
-        url=url,
-        title=extracted.title,
-        published=extracted.published,
-        meta={k: v for k, v in meta.items() if v is not None},
-    )
-
-
-def _read_pages(task: UnitTask, sink: _UnitSink) -> None:
-    """warc / html: pages -> extracted documents."""
-    from pipeline.ingest.sandbox import worker_for
-    from pipeline.ingest.web import (
-        Page,
-        iter_html_pages,
-        iter_warc_pages,
-        load_url_map,
-        source_root,
-    )
-
-    settings = task.settings.extraction
-    worker = worker_for(settings)
-    if task.source.type == "warc":
-        pages: Any = (
-            item
-            for name, file in task.unit.files
-            for item in iter_warc_pages(file, name, settings.max_page_bytes, sink.skipped)
-        )
-    else:
-        urls = load_url_map(task.source, task.base_dir)
-        root = source_root(task.source.path, task.base_dir) if urls else None
-        pages = iter_html_pages(list(task.unit.files), settings.max_page_bytes, urls, root)
-    for page in pages:
-        if isinstance(page, ReadProblem):
-            sink.refuse(page)
-            continue
-        assert isinstance(page, Page)
-        doc = _page_document(sink, worker, page, page.url, {})
-        if doc is not None:
-            sink.accept(doc)
-
-
-def _read_feeds(task: UnitTask, sink: _UnitSink) -> None:
-    """feed: items -> documents; an item with only a summary is joined with its page when the
-    source's `pages` has it. Feeds are parsed, and item HTML turned into text, in the
-    extraction worker (sandbox.py)."""
-    from pipeline.ingest.html import ExtractionFailed
-    from pipeline.ingest.sandbox import worker_for
-    from pipeline.ingest.web import FeedItem, PageIndex, RepairNote, iter_feed_items
-
-    settings = task.settings.extraction
-    worker = worker_for(settings)
-    index = PageIndex.from_json(Path(task.page_index)) if task.page_index else None
-    for item in iter_feed_items(list(task.unit.files), settings.max_page_bytes, worker):
-        if isinstance(item, ReadProblem):
-            sink.refuse(item)
-            continue
-        if isinstance(item, RepairNote):
-            sink.repair(item.reason, item.locator, item.detail)
-            continue
-        assert isinstance(item, FeedItem)
-        try:
-            content, summary, title = worker.call(
-                "fragments", [item.content_html, item.summary_html, item.title]
-            )
-        except ExtractionFailed as exc:
-            sink.refuse(
-                ReadProblem(exc.reason, item.locator, exc.detail),
-                {"title": (item.title or "")[:EXCERPT_CHARS], "link": (item.link or "")[:500]},
-            )
-            continue
-        meta: dict[str, Any] = {"_locator": item.locator, **item.meta, "author": item.author}
-        doc_id = document_id("feed", item.locator, item.link)
-        text = content
-        if text:
-            meta["text_from"] = "content"
-        else:
-            page = index.fetch(item.link, settings.max_page_bytes) if index and item.link else None
-            if page is not None:
-                joined = _page_document(sink, worker, page, item.link, {})
-                if joined is not None:
-                    text = joined["text"]
-                    meta.update(text_from="page", page_locator=page.locator, summary=summary)
-            if not text:
-                text = summary
-                meta["text_from"] = "summary"
-        if not text:
-            problem = ReadProblem("empty_text", item.locator, "the item has no text")
-            sink.refuse(
-                problem,
-                {"title": (item.title or "")[:EXCERPT_CHARS], "link": (item.link or "")[:500]},
-            )
-            continue
-        sink.accept(
-            make_document(
-                id=doc_id,
-                text=text,
-                source=sink.name,
-                url=item.link,
-                title=title or None,
-                published=item.published,
-                meta={k: v for k, v in meta.items() if v is not None},
-            )
-        )
 
 
 def ingest_unit(task: UnitTask) -> dict[str, Any]:
     """Read one unit into its own folder; return its counts (run in any process)."""
     out = Path(task.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if task.source.type in WEB_TYPES and task.unit.files:
+    kind = kind_of(task.source)
+    if kind.web and task.unit.files:
         from pipeline.ingest.sandbox import worker_for
 
         worker_for(task.settings.extraction)  # its start-up overlaps the sink's
     with ShardWriter(out, UNIT_PART_ROWS) as writer, Quarantine(out) as quarantine:
-        sink = _UnitSink(task, writer, quarantine)
+        sink = UnitSink(task, writer, quarantine)
         if task.unit.problem is not None or task.unit.refusals:
             if task.unit.problem is not None:
                 sink.refuse(task.unit.problem)
             for refusal in task.unit.refusals:
                 sink.refuse(refusal)
-        elif task.source.type in ("warc", "html"):
-            _read_pages(task, sink)
-        elif task.source.type == "feed":
-            _read_feeds(task, sink)
         else:
-            _read_records(task, sink)
+            kind.read(task, sink)
     return sink.result()
 
 
@@ -508,19 +110,10 @@ def run_ingest(
 
     page_indexes: dict[int, str] = {}
     for index, source in enumerate(sources):
-        if source.type == "feed" and source.pages:
-            from pipeline.ingest.sandbox import worker_for
-            from pipeline.ingest.web import PageIndex
-
-            path = units_dir / f"pages-{index}.json"
-            PageIndex.build(
-                source.pages,
-                base_dir,
-                settings.extraction.max_page_bytes,
-                worker_for(settings.extraction),
-                source.follow_links,
-            ).to_json(path)
-            page_indexes[index] = str(path)
+        path = units_dir / f"pages-{index}.json"
+        prepared = kind_of(source).prepare(source, path, base_dir, settings)
+        if prepared is not None:
+            page_indexes[index] = prepared
 
     units = plan_units(sources, base_dir, settings.split_bytes)
     tasks = [

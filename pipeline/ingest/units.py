@@ -1,4 +1,4 @@
-"""Units of work for ingest: source configs in, a deterministic list of `Unit`s out.
+"""Units of work for ingest: what a `Unit` is, and the splitting of large line files.
 
 A unit is what one worker reads on its own: one record file; a byte range of a large
 uncompressed JSONL file (cut at line ends, with the number of its first line, so locators and
@@ -6,8 +6,8 @@ ids are the same as reading the file whole); one WARC file; a group of HTML or f
 data file, or the whole dataset, of a Hugging Face source. A source that matches no files is a
 unit too, one that only reports its problem, so everything keeps the order of the config.
 
-The list depends on the sources, their files and `split_bytes` only, never on the number of
-workers; units are numbered in order and the merge step concatenates their outputs in that
+Each source's kind (kinds.py) plans its units. The list depends on the sources, their files
+and `split_bytes` only, never on the number of workers; units are numbered in order and the merge step concatenates their outputs in that
 order, so the stage's output is the same for any executor.
 """
 
@@ -18,19 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ingest.encoding import SNIFF_BYTES, detect_text_encoding, sniff_binary
-from pipeline.ingest.files import (
-    Skipped,
-    file_name,
-    file_size,
-    is_url,
-    match_source_files,
-    open_raw,
-)
-from pipeline.ingest.hf import plan_hf
+from pipeline.ingest.files import Skipped, file_name, file_size, is_url, open_raw
 from pipeline.ingest.readers import ByteSpan, ReadProblem
 
-WEB_TYPES = frozenset({"warc", "html", "feed"})
-GROUP_FILES = 200  # HTML pages or feeds per unit: small files, one Parquet part per unit
 SCAN_BLOCK = 1 << 20
 
 
@@ -44,7 +34,7 @@ class Unit:
     refusals: tuple[ReadProblem, ...] = ()  # entries the source's listing passed over
 
 
-def _refusal_unit(index: int, skipped: list[Skipped]) -> list[Unit]:
+def refusal_unit(index: int, skipped: list[Skipped]) -> list[Unit]:
     """A unit that only reports what a source's listing skipped (loops, links out of its root,
     FIFOs ...): each is quarantined with its reason, none is read."""
     if not skipped:
@@ -52,7 +42,7 @@ def _refusal_unit(index: int, skipped: list[Skipped]) -> list[Unit]:
     return [Unit(index, refusals=tuple(ReadProblem(s.reason, s.name, s.detail) for s in skipped))]
 
 
-def _splittable(file: Any, split_bytes: int) -> bool:
+def splittable(file: Any, split_bytes: int) -> bool:
     """A local, uncompressed line file over split_bytes whose lines can be cut at b"\n" (not
     binary, not UTF-16/32). A file that cannot be read now is read whole (and reported then)."""
     if is_url(file) or file_name(file).lower().endswith(".gz"):
@@ -105,44 +95,3 @@ def _number_spans(file: Path, spans: list[ByteSpan]) -> list[ByteSpan]:
                 position += len(block)
             numbered.append(ByteSpan(span.start, span.end, line))
     return numbered
-
-
-def plan_units(sources: list[Any], base_dir: str | Path, split_bytes: int) -> list[Unit]:
-    units: list[Unit] = []
-    for index, source in enumerate(sources):
-        if source.type == "hf":
-            plan = plan_hf(source, base_dir)
-            if isinstance(plan, ReadProblem):
-                units.append(Unit(index, problem=plan))
-            elif plan[0] == "files":
-                units += _refusal_unit(index, plan[2])
-                units += [Unit(index, (f,), hf_mode="files") for f in plan[1]]
-            else:
-                units.append(Unit(index, hf_mode=plan[0]))
-            continue
-        matched = match_source_files(
-            source.type, source.path, base_dir, getattr(source, "follow_links", False)
-        )
-        if matched.problem:
-            detail = f"{matched.detail} ({matched.resolved})"
-            units.append(Unit(index, problem=ReadProblem(matched.problem, source.path, detail)))
-            units += _refusal_unit(index, matched.skipped)
-            continue
-        units += _refusal_unit(index, matched.skipped)
-        files = list(zip(matched.names, matched.files, strict=True))
-        if source.type in ("html", "feed"):
-            for start in range(0, len(files), GROUP_FILES):
-                units.append(Unit(index, tuple(files[start : start + GROUP_FILES])))
-            continue
-        for name, file in files:
-            spans = None
-            if source.type == "jsonl" and _splittable(file, split_bytes):
-                try:
-                    spans = split_line_file(file, split_bytes)
-                except OSError:
-                    spans = None  # it went away: read whole, which reports it
-            if spans:
-                units += [Unit(index, ((name, file),), span=s) for s in spans]
-            else:
-                units.append(Unit(index, ((name, file),)))
-    return units

@@ -14,7 +14,7 @@ PAGE = Path(__file__).with_name("page.html")
 
 def presets() -> list[dict[str, str]]:
     """The page's tasks, written in the fine-tuning prompt formats (pipeline.finetune)."""
-    from pipeline.finetune.examples import DEFAULT_PROMPTS
+    from pipeline.config import TASK_TYPES
 
     samples = [
         (
@@ -51,7 +51,7 @@ def presets() -> list[dict[str, str]]:
         ),
     ]
     rows = [
-        {"name": name, "task": task, "prompt": DEFAULT_PROMPTS[task].format(**fields)}
+        {"name": name, "task": task, "prompt": TASK_TYPES[task].default_prompt.format(**fields)}
         for name, task, fields in samples
     ]
     rows.append({"name": "Free text", "task": "text", "prompt": "The history of"})

@@ -32,20 +32,22 @@ class Pretrain(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         from pipeline.train.launch import launch_training
-        from pipeline.train.request import TrainRequest
+        from pipeline.train.request import PretrainData, TrainRequest
 
         shards = read_result(ctx.inputs["shards"]).stats
-        request = TrainRequest(
-            model=ctx.config.model.model_dump(mode="json"),
-            train=ctx.config.train.model_dump(mode="json"),
-            vocab_size=int(shards["vocab_size"]),
-            eot_id=int(shards["eot_id"]),
+        data = PretrainData(
             shards_dir=str(ctx.inputs["shards"]),
+            vocab_size=int(shards["vocab_size"]),
+            bytes_per_token_val=float(shards["bytes_per_token_val"]),
+        )
+        request = TrainRequest(
+            model=ctx.config.model,
+            train=ctx.config.train,
+            data=data,
             out_dir=str(ctx.out),
             tokenizer_path=str(ctx.inputs["tokenizer"] / "tokenizer.json"),
             mlflow_tracking_uri=ctx.tracking_uri,
             mlflow_run_id=ctx.mlflow_run_id,
-            bytes_per_token_val=float(shards["bytes_per_token_val"]),
         )
         if ctx.config.run.init_from:
             from pipeline.generate import resolve_model_dir

@@ -183,9 +183,10 @@ def source_refs(config: PipelineConfig, ingest_counts: dict[str, Any]) -> list[D
         resolved = resolve_source_path(source.path, config.base_dir)
         local = "://" not in resolved
         files: list[Path] = []
-        if local and not (source.type == "hf" and not Path(resolved).exists()):
-            files = match_source_files(source.type, source.path, config.base_dir).files
-        elif source.type == "hf" and not Path(resolved).exists():
+        hub = not source.local_only and not Path(resolved).exists()  # a hub dataset's name
+        if local and not hub:
+            files = match_source_files(source.folder_suffixes, source.path, config.base_dir).files
+        elif hub:
             resolved = f"hf://datasets/{source.path}"  # a hub dataset, streamed
         ref = files_ref(f"source {label}", redact(resolved), files, kind="source")
         documents = (by_source.get(label) or {}).get("documents")
@@ -197,7 +198,7 @@ def source_refs(config: PipelineConfig, ingest_counts: dict[str, Any]) -> list[D
 
 def _task_refs(tasks: list[Any], base_dir: str, prefix: str) -> dict[str, DataRef]:
     """Refs of the file tasks (by task name) whose files exist."""
-    from pipeline.config import APPLICATION_TASK_TYPES, task_name
+    from pipeline.config import ApplicationTask, task_name
     from pipeline.eval_files import TaskSkipped, task_files
     from pipeline.finetune.examples import named_input_files
 
@@ -208,7 +209,7 @@ def _task_refs(tasks: list[Any], base_dir: str, prefix: str) -> dict[str, DataRe
         try:
             named = (
                 named_input_files(task, base_dir)
-                if task.type in APPLICATION_TASK_TYPES
+                if isinstance(task, ApplicationTask)
                 else task_files(task, base_dir)
             )
         except (TaskSkipped, FileNotFoundError):

@@ -77,6 +77,33 @@ def guard_holds(rule: PromotionRule, candidate: float, incumbent: float | None) 
     return candidate <= incumbent + slack if rule.mode == "min" else candidate >= incumbent - slack
 
 
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def _fluent_uris(uri: str) -> Iterator[None]:
+    """MLflow's fluent `log_model`/`register_model` read the global tracking and registry URIs;
+    `mlflow.set_*_uri` also exports them to the whole process's environment. Set both for the
+    call, then put back what was there, so that a later run in this process (a sweep's next
+    variant, a test, a server) does not silently write to this store."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in _URI_VARIABLES}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextmanager
 def _quiet_mlflow() -> Iterator[None]:
     """Log and register a model without MLflow's notes to the terminal: the advice to add type
@@ -327,9 +354,7 @@ def _log_and_register(
     with all its tags (the registration key among them) in one registry write."""
     from pipeline.tracking.pyfunc import SIGNATURE  # defining the model class warns: only here
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id), _quiet_mlflow():
+    with _fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id), _quiet_mlflow():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_ENTRY),
@@ -346,7 +371,8 @@ def _log_and_register(
         all_tags["prefect.flow_run_id"] = flow_run
     if registration_key:
         all_tags[REGISTRATION_KEY] = registration_key
-    with _quiet_mlflow():  # not "Successfully registered ...": the stage reports the version
+    # not "Successfully registered ...": the stage reports the version
+    with _fluent_uris(tracking_uri), _quiet_mlflow():
         return mlflow.register_model(info.model_uri, name, tags=all_tags)
 
 

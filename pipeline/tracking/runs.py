@@ -82,7 +82,7 @@ def _sqlite_setup_lock(tracking_uri: str) -> Iterator[None]:
 class Tracker:
     """Creates and logs to the runs of one experiment."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None = None):
         self.tracking_uri = tracking_uri
         # Two runs starting at once on one SQLite store would both create (migrate) the
         # database and the experiment: the first one to hold the lock does it.
@@ -90,14 +90,17 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             self.experiment_id = self._experiment_id(experiment, artifact_root)
 
-    def _experiment_id(self, experiment: str, artifact_root: Path | None) -> str:
+    def _experiment_id(self, experiment: str, artifact_root: str | Path | None) -> str:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             return found.experiment_id
         # With a local store, keep artifacts beside it instead of in the caller's CWD; a
         # tracking server keeps them in its own artifact store (mlflow-artifacts:/).
         local = self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
-        location = Path(artifact_root).resolve().as_uri() if artifact_root and local else None
+        location = None
+        if artifact_root and local:  # a URL (s3://): the work dir's object store
+            text = str(artifact_root)
+            location = text if "://" in text else Path(text).resolve().as_uri()
         try:
             return self.client.create_experiment(
                 experiment,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.train.request import TrainRequest
+from pipeline.train.request import PretrainData, SFTData, TrainRequest
 
 if TYPE_CHECKING:
     from pipeline.train.pretrain import run_training
 
-__all__ = ["TrainRequest", "run_training"]
+__all__ = ["PretrainData", "SFTData", "TrainRequest", "run_training"]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,12 +14,12 @@ batch) scores the same tokens. Each rank reads its own part: Lightning's distrib
 is not used (the Trainer gets use_distributed_sampler=False).
 Shards are memory-mapped, never loaded whole.
 
-`DATA_MODULES` maps a request's data kind ("shards", or "finetune" for a request with a
-`finetune` section) to the function that builds its data module from (TrainRequest,
+`DATA_MODULES` maps a request's data kind (`request.data.kind`: "shards" for `PretrainData`,
+"finetune" for `SFTData`) to the function that builds its data module from (TrainRequest,
 TrainConfig, block_size). This module registers "shards"; `pipeline.finetune.data` registers
 "finetune" when it is imported, so that this package imports nothing from pipeline.finetune.
-`data_module_for` imports the module a request names (`finetune["data_module"]`) when its kind
-is not registered yet, as in the `python -m pipeline.train` process.
+`data_module_for` imports the module a request's data names (`SFTData.data_module`) when its
+kind is not registered yet, as in the `python -m pipeline.train` process.
 """
 
 from __future__ import annotations
@@ -241,7 +241,6 @@ class TokenShardDataModule(StepDataModule):
 # data kind -> builder(request, train config, block size) -> LightningDataModule
 DataModuleBuilder = Callable[[Any, Any, int], pl.LightningDataModule]
 DATA_MODULES: dict[str, DataModuleBuilder] = {}
-FINETUNE_DATA_MODULE = "pipeline.finetune.data"  # registers "finetune" (requests from before)
 
 
 def register_data_module(kind: str, builder: DataModuleBuilder) -> None:
@@ -249,11 +248,12 @@ def register_data_module(kind: str, builder: DataModuleBuilder) -> None:
 
 
 def data_module_for(request: Any, train: Any, block_size: int) -> pl.LightningDataModule:
-    """The data module of a TrainRequest: "finetune" when it has a finetune section, else
-    "shards"; the module the request names is imported first when its kind is unregistered."""
-    kind = "finetune" if request.finetune else "shards"
-    if kind not in DATA_MODULES:
-        importlib.import_module(request.finetune.get("data_module", FINETUNE_DATA_MODULE))
+    """The data module of a TrainRequest's data kind; the module its data names (if any) is
+    imported first when the kind is unregistered."""
+    kind = request.data.kind
+    module = getattr(request.data, "data_module", None)
+    if kind not in DATA_MODULES and module:
+        importlib.import_module(module)
     if kind not in DATA_MODULES:
         raise ValueError(f"no data module registered for {kind!r} training requests")
     return DATA_MODULES[kind](request, train, block_size)
@@ -261,7 +261,7 @@ def data_module_for(request: Any, train: Any, block_size: int) -> pl.LightningDa
 
 def _token_shards(request: Any, train: Any, block_size: int) -> TokenShardDataModule:
     return TokenShardDataModule(
-        request.shards_dir,
+        request.data.shards_dir,
         block_size=block_size,
         batch_size=train.batch_size,
         val_batches=train.val_batches,

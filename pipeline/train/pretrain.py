@@ -1,7 +1,7 @@
 """Pretraining a GPT on token shards: `run_training(request) -> metrics`.
 
-In: a `TrainRequest` (model and train config, token shards folder, output folder, tokenizer,
-MLflow tracking URI and run id).
+In: a `TrainRequest` (the model, the train config, the data: token shards or SFT examples,
+output folder, tokenizer, starting weights, LoRA, MLflow tracking URI and run id).
 Out, under request.out_dir:
   - checkpoints/step-NNNNNN/: resumable checkpoints (see checkpoints.py), the last few kept,
     and checkpoints/best/: the weights of the lowest val_loss;
@@ -43,7 +43,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.config import TrainConfig
 from pipeline.model.checkpoint import load_state_dict, load_weights, save_state_dict
-from pipeline.model.gpt import GPT, GPTConfig
+from pipeline.model.gpt import GPT
 from pipeline.model.lora import add_lora, merged_state_dict
 from pipeline.outputs import write_json_atomic
 from pipeline.train.checkpoints import (
@@ -56,7 +56,7 @@ from pipeline.train.checkpoints import (
 from pipeline.train.data import data_module_for
 from pipeline.train.lit_module import LitGPT, NonFiniteLossError, peak_flops
 from pipeline.train.progress import ProgressTicks, plot_loss_curve
-from pipeline.train.request import TrainRequest
+from pipeline.train.request import PretrainData, TrainRequest
 from pipeline.train.samples import SampleGenerations
 from pipeline.train.ticks import ticks_requested
 
@@ -223,17 +223,13 @@ def run_training(
     `extra_callbacks` are added to the Trainer's (tests use one to inject faults).
     """
     started = time.perf_counter()
-    model_cfg = request.model_config()
-    train = request.train_config()
+    train = request.train
     out_dir = Path(request.out_dir)
     ckpt_root = out_dir / "checkpoints"
     if request.tokenizer_path and not Path(request.tokenizer_path).is_file():
         raise FileNotFoundError(f"tokenizer not found: {request.tokenizer_path}")
 
-    if request.gpt_config:  # the exact config of the checkpoint training starts from
-        gpt_config = GPTConfig(**request.gpt_config)
-    else:
-        gpt_config = GPTConfig.from_model_config(model_cfg, request.vocab_size)
+    gpt_config = request.architecture()
     if train.tokens:  # the budget in tokens: as many steps as it takes
         train = train.model_copy(
             update={"max_steps": steps_for_tokens(train, gpt_config.block_size, _world_size(train))}
@@ -252,7 +248,7 @@ def run_training(
     lit = LitGPT(
         gpt_config,
         train,
-        bytes_per_token_val=request.bytes_per_token_val,
+        bytes_per_token_val=getattr(request.data, "bytes_per_token_val", None),
         print_progress=None if use_bar else print_progress,
     )
 
@@ -264,8 +260,13 @@ def run_training(
         # Continue from earlier weights (an incremental run's champion); a resumed attempt has
         # them in its own checkpoint already.
         load_weights(lit.model, Path(request.init_from))
-    if request.init_from and train.continuation == "continue":
-        # the continuation schedule, and the optimizer moments that go with those weights
+    if (
+        request.init_from
+        and train.continuation == "continue"
+        and isinstance(request.data, PretrainData)
+    ):
+        # continued pretraining (fine-tuning keeps its own schedule): the continuation
+        # schedule, and the optimizer moments that go with those weights
         lit.continuing = True
         if request.init_state_from:
             lit.init_state_from = Path(request.init_state_from)
@@ -275,18 +276,18 @@ def run_training(
                     "continue_warmup_steps": max(train.continue_warmup_steps, train.warmup_steps)
                 }
             )
-    lora = (request.finetune or {}).get("lora")
+    lora = request.lora
     if lora:  # adapters only train; a resumed run gets them from its checkpoint
         trainable = add_lora(
             lit.model,
-            lora["rank"],
-            lora["alpha"],
-            lora["dropout"],
-            lora["targets"],
-            train_embeddings=lora.get("train_embeddings", False),
+            lora.rank,
+            lora.alpha,
+            lora.dropout,
+            lora.targets,
+            train_embeddings=lora.train_embeddings,
         )
         print(
-            f"LoRA rank {lora['rank']} on {', '.join(lora['targets'])}: {trainable:,} "
+            f"LoRA rank {lora.rank} on {', '.join(lora.targets)}: {trainable:,} "
             f"trainable parameters of {lit.model.num_params(non_embedding=False):,}",
             flush=True,
         )

@@ -1,0 +1,235 @@
+"""A work dir on object storage: stage outputs pushed to and pulled from a real S3-compatible
+server (moto's server, `moto_server`, run on 127.0.0.1 by these tests as its own process).
+
+In: a small output folder, then the quickstart pipeline (shrunk) with `workdir: s3://...`.
+Out: checks that an output lands on the store with its manifest written last and comes back
+file for file into an empty cache; that files without a manifest (a crashed push) are not
+taken as complete, and are replaced; that the whole pipeline runs on an s3:// work dir, its
+MLflow artifacts on the same store, and that a run from another machine (an empty cache) is
+fully cached from the store, except for an output whose manifest is gone, which runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.stack import free_port
+from pipeline.config import ConfigError
+from pipeline.outputs import MANIFEST, StageOutput, StageResult, building, publish
+from pipeline.store import CACHE_ENV, check_workdir, open_workdir
+
+s3fs = pytest.importorskip("s3fs", reason="the object-store tests need s3fs (the dev extra)")
+pytest.importorskip("moto", reason="the object-store tests need moto[server] (the dev extra)")
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+BUCKET = "llmpipe-test"
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1, and the environment every S3 client here reads."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,  # MLflow's artifact client
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    try:
+        yield fs
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _small_output(work, name: str = "toy") -> StageOutput:
+    output = StageOutput(work.local, name, "f" * 16)
+    with building(output) as partial:
+        (partial / "part-0.txt").write_text("one")
+        (partial / "nested").mkdir()
+        (partial / "nested" / "part-1.txt").write_text("two")
+        publish(output, StageResult(counts={"documents": 2}))
+    return output
+
+
+def test_an_output_goes_to_the_store_and_back_and_a_partial_is_not_complete(
+    s3_server, tmp_path, monkeypatch
+):
+    url = f"s3://{BUCKET}/unit-{tmp_path.name}"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "machine-a"))
+    here = open_workdir(url)
+    output = _small_output(here)
+    prefix = f"{BUCKET}/unit-{tmp_path.name}/toy/{'f' * 16}"
+    assert not here.store.complete(output)
+    here.store.push(output)
+    assert sorted(s3_server.find(prefix)) == [
+        f"{prefix}/{MANIFEST}",
+        f"{prefix}/nested/part-1.txt",
+        f"{prefix}/part-0.txt",
+    ]
+    # Another machine: an empty cache, the same URL.
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "machine-b"))
+    there = open_workdir(url)
+    assert there.local != here.local
+    copy = StageOutput(there.local, "toy", "f" * 16)
+    assert not copy.complete() and there.complete(copy)
+    assert there.store.pull(copy) and copy.complete()
+    assert (copy.path / "nested" / "part-1.txt").read_text() == "two"
+    assert json.loads((copy.path / MANIFEST).read_text())["counts"] == {"documents": 2}
+    # A crashed push: files, no manifest. Not complete anywhere; the next push replaces them.
+    s3_server.rm(f"{prefix}/{MANIFEST}")
+    s3_server.pipe(f"{prefix}/stale-from-the-crash.txt", b"half")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "machine-c"))
+    third = open_workdir(url)
+    partial = StageOutput(third.local, "toy", "f" * 16)
+    assert not third.complete(partial)
+    assert not third.store.pull(partial) and not partial.path.exists()
+    here.store.push(output)
+    assert not s3_server.exists(f"{prefix}/stale-from-the-crash.txt")
+    assert third.store.pull(partial)
+
+
+def test_a_work_dir_url_without_its_file_system_is_a_config_error_naming_workdir():
+    with pytest.raises(ConfigError, match="workdir: nosuchfs://bucket/x"):
+        open_workdir("nosuchfs://bucket/x")
+    with pytest.raises(ConfigError, match="workdir: s3://b/x: an incremental run"):
+        check_workdir("s3://b/x", incremental=True)
+    check_workdir("s3://b/x")
+    check_workdir("work", incremental=True)
+
+
+def test_llmpipe_run_refuses_an_s3_incremental_work_dir_before_it_starts(tmp_path, capsys):
+    from flows.cli import main
+
+    code = main(
+        ["run", QUICKSTART, "--workdir", f"s3://{BUCKET}/x", "--set", "run.mode=incremental"]
+    )
+    assert code == 2
+    assert "error: workdir: s3://" in capsys.readouterr().err
+
+
+# The quickstart, shrunk to run in about a minute (as tests/test_pipeline_e2e.py does).
+SHRINK = [
+    "model.n_layer=2",
+    "model.n_embd=64",
+    "model.n_head=2",
+    "model.block_size=64",
+    "tokenizer.vocab_size=1024",
+    "train.max_steps=20",
+    "train.batch_size=8",
+    "train.warmup_steps=5",
+    "train.val_every_steps=10",
+    "train.val_batches=2",
+    "train.checkpoint_every_steps=10",
+    "train.progress_bar=false",
+    "evaluate.val_batches=4",
+    "evaluate.max_new_tokens=8",
+    "register.model_name=s3-gpt",
+]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow  # ~3 min: .ci/run runs it
+def test_the_pipeline_on_an_s3_work_dir(s3_server, prefect_server, tmp_path, monkeypatch):
+    from flows.pipeline import pipeline_flow
+
+    root = f"{BUCKET}/e2e-{tmp_path.name}"
+    url = f"s3://{root}"
+    # MLflow as a tracking server would be: one store every machine reaches. Given by the
+    # environment, which monkeypatch restores (mlflow.set_tracking_uri, called by the register
+    # stage, sets MLFLOW_TRACKING_URI in this process: it would leak into later tests).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    overrides = SHRINK
+
+    def run(machine: str) -> dict:
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / machine))
+        return pipeline_flow(QUICKSTART, workdir=url, overrides=overrides)
+
+    first = run("machine-a")
+    assert first["workdir"] == url
+    stages = first["stages"]
+    assert "pretrain" in stages and "register" in stages
+    assert not any(r["cached"] for r in stages.values())
+    for name, result in stages.items():
+        prefix = f"{root}/{name}/{result['fingerprint']}"
+        assert s3_server.exists(f"{prefix}/{MANIFEST}"), name
+        local = Path(result["output"])
+        assert local.is_relative_to(tmp_path / "machine-a")
+        on_store = {p[len(prefix) + 1 :]: s3_server.cat_file(p) for p in s3_server.find(prefix)}
+        assert on_store == _files(local), name
+    # What `llmpipe run` prints: the URL, and the cache its next commands use here.
+    from flows.ui import print_summary
+
+    printed: list[str] = []
+    print_summary(first, out=printed.append)
+    text = "\n".join(printed)
+    assert f"work dir:     {url} (cache here: {tmp_path / 'machine-a'}" in text
+    assert f"--workdir {first['local_workdir']}" in text
+    # MLflow's artifacts (stage files, the logged model) on the same store.
+    assert s3_server.find(f"{root}/mlartifacts")
+    # Another machine: an empty cache. Everything comes from the store, nothing runs again.
+    second = run("machine-b")
+    assert all(r["cached"] for r in second["stages"].values()), {
+        n: r["cached"] for n, r in second["stages"].items()
+    }
+    tokens = Path(second["stages"]["shards"]["output"])
+    assert tokens.is_relative_to(tmp_path / "machine-b")  # what training reads: the cache
+    assert _files(tokens) == _files(Path(stages["shards"]["output"]))
+    # A crashed push of dedup: its files on the store, no manifest. A third machine does not
+    # take it for complete: dedup runs again (same documents), everything else is cached.
+    dedup = f"{root}/dedup/{stages['dedup']['fingerprint']}"
+    s3_server.rm(f"{dedup}/{MANIFEST}")
+    third = run("machine-c")
+    assert not third["stages"]["dedup"]["cached"]
+    assert all(r["cached"] for n, r in third["stages"].items() if n != "dedup")
+    assert s3_server.exists(f"{dedup}/{MANIFEST}")
+    again = _files(Path(third["stages"]["dedup"]["output"]))
+    before = _files(Path(stages["dedup"]["output"]))
+    assert again.keys() == before.keys()
+    assert {k: v for k, v in again.items() if k != MANIFEST} == {
+        k: v for k, v in before.items() if k != MANIFEST
+    }
