@@ -682,6 +682,32 @@ class TrainConfig(Section):
     decay_shape: Literal["linear", "sqrt"] = Field(
         "linear", description="wsd: linear decay, or 1 - sqrt (as llm.c)"
     )
+    tokens: int | None = added_later(
+        None,
+        gt=0,
+        description="the budget in tokens instead of max_steps (an increment's size): the "
+        "steps are tokens / (batch_size x grad_accum_steps x block_size x devices), rounded up",
+    )
+    continuation: Literal["continue", "restart"] = added_later(
+        "continue",
+        description="when pretraining starts from earlier weights (run.init_from): continue "
+        "(carry the optimizer state over when the architecture matches; from min_lr back to "
+        "continue_lr_fraction x learning_rate over continue_warmup_steps, then the schedule's "
+        "decay) or restart (a fresh optimizer and the full warmup to learning_rate)",
+    )
+    continue_warmup_steps: int = added_later(
+        0,
+        ge=0,
+        description="continuation: steps from min_lr up to the continuation peak (0: straight "
+        "back to it; without an optimizer state to carry, at least warmup_steps)",
+    )
+    continue_lr_fraction: float = added_later(
+        1.0,
+        gt=0,
+        le=1,
+        description="continuation: its peak, as a fraction of learning_rate (1: the stable-phase "
+        "rate of the first run; bench/nightly.py measured it against 0.5)",
+    )
     weight_decay: float = Field(0.1, ge=0)
     decay_embeddings: bool = Field(
         True, description="weight decay on the embedding matrices too (nanoGPT: yes)"
@@ -1079,6 +1105,14 @@ class RegisterConfig(Section):
     min_improvement: float = Field(
         0.0, ge=0, description="how much the challenger must beat the champion by to take over"
     )
+    guard_metric: str | None = added_later(
+        None,
+        description="a second eval metric the challenger must not lose on (e.g. val_bpb_first "
+        "while metric is val_bpb_new: better on new news, not worse on old)",
+    )
+    guard_tolerance: float = added_later(
+        0.0, ge=0, description="how much worse than the champion guard_metric may be, relative"
+    )
 
 
 class ExecutionConfig(Section):
@@ -1112,6 +1146,23 @@ class RunConfig(Section):
     )
     init_from: str | None = Field(
         None, description="pretraining starts from these weights (models:/NAME/VERSION or a folder)"
+    )
+    init_state_from: str | None = added_later(
+        None,
+        description="the resumable checkpoint (its trainer_state.ckpt) of the run that made "
+        "init_from: its optimizer state is carried over (train.continuation: continue)",
+    )
+    replay_from: list[str] = added_later(
+        default_factory=list,
+        description="shards output folders of earlier increments: their own train documents "
+        "are replayed beside the new ones",
+    )
+    replay_fraction: float = added_later(
+        0.5,
+        ge=0,
+        lt=1,
+        description="share of an increment's train tokens replayed from replay_from "
+        "(sampled deterministically); 0: the new documents only",
     )
 
 

@@ -10,8 +10,11 @@ Out:
   - `resolve(config, workdir, tracking_uri)`: the config of the next increment, with the `run`
     fields (and `dedup.previous`) filled from the record: skip what was ingested before, dedup
     against everything kept so far (the last dedup output's signatures), keep the first
-    tokenizer, evaluate on the first increment's held-out split, start pretraining from the
-    current `@champion`. With no earlier increment, the config is returned unchanged (a full run).
+    tokenizer, evaluate on the first increment's held-out split (and the new one's), start
+    pretraining from the current `@champion` with its optimizer state (`init_state_from`, found
+    through the champion's `llmpipe.pretrain_output` tag), and replay the documents of every
+    earlier increment (`replay_from`: their shards folders, from the record). With no earlier
+    increment, the config is returned unchanged (a full run).
   - `drop_seen(shards_dir, seen_dir)`: removes already-ingested documents from ingest shards.
   - `record(config, workdir, results)`: adds the finished run to the record.
 No orchestrator imports here.
@@ -104,24 +107,31 @@ def resolve(config: PipelineConfig, workdir: Path, tracking_uri: str | None) -> 
     if not done:
         return config
     first, last = done[0], done[-1]
+    init_from, pretrain_output = _champion(config, tracking_uri)
+    if config.run.init_from:  # given by hand: its optimizer state is not known
+        init_from, pretrain_output = config.run.init_from, None
     run = config.run.model_copy(
         update={
             "seen_before": config.run.seen_before or str(state_dir(workdir, config) / SEEN_DIR),
             "tokenizer_from": config.run.tokenizer_from or first["tokenizer"],
             "heldout_from": config.run.heldout_from or first["shards"],
-            "init_from": config.run.init_from or _champion(config, tracking_uri),
+            "init_from": init_from,
+            "init_state_from": config.run.init_state_from or optimizer_state(pretrain_output),
+            # every earlier increment's own documents (record order: oldest first)
+            "replay_from": config.run.replay_from or [d["shards"] for d in done if d.get("shards")],
         }
     )
     dedup = config.dedup.model_copy(update={"previous": config.dedup.previous or last["dedup"]})
     return config.model_copy(update={"run": run, "dedup": dedup})
 
 
-def _champion(config: PipelineConfig, tracking_uri: str | None) -> str | None:
-    """What pretraining continues from: `models:/NAME/VERSION` of the current champion (a
-    version, so the fingerprint is exact). When the pipeline fine-tunes, the champion is a
+def _champion(config: PipelineConfig, tracking_uri: str | None) -> tuple[str | None, str | None]:
+    """What pretraining continues from: (`models:/NAME/VERSION` of the current champion (a
+    version, so the fingerprint is exact), the pretrain output folder it came from, from its
+    lineage tag `llmpipe.pretrain_output`). When the pipeline fine-tunes, the champion is a
     fine-tuned model: pretraining continues from the pretrained weights it was tuned from."""
     if not tracking_uri:
-        return None
+        return None, None
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -130,11 +140,31 @@ def _champion(config: PipelineConfig, tracking_uri: str | None) -> str | None:
     try:
         version = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
-        return None
+        return None, None
+    output = version.tags.get("llmpipe.pretrain_output") or None
     if config.finetune.enabled:
-        pretrained = Path(version.tags.get("llmpipe.pretrain_output", "")) / "final"
-        return str(pretrained) if (pretrained / "model.safetensors").is_file() else None
-    return f"models:/{name}/{version.version}"
+        pretrained = Path(output or "") / "final"
+        if not (pretrained / "model.safetensors").is_file():
+            return None, None
+        return str(pretrained), output
+    return f"models:/{name}/{version.version}", output
+
+
+def optimizer_state(pretrain_output: str | None) -> str | None:
+    """The trainer state (optimizer moments, step) saved with the weights a pretrain output's
+    final/ holds: its last step checkpoint, when final/ is that step's weights (not best/)."""
+    if not pretrain_output:
+        return None
+    folder = Path(pretrain_output)
+    metrics = folder / "train_metrics.json"
+    if not metrics.is_file():
+        return None
+    if json.loads(metrics.read_text(encoding="utf-8")).get("final_weights", "last") != "last":
+        return None
+    steps = sorted(
+        p for p in (folder / "checkpoints").glob("step-*") if (p / "trainer_state.ckpt").is_file()
+    )
+    return str(steps[-1] / "trainer_state.ckpt") if steps else None
 
 
 def record(

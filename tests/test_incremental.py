@@ -20,7 +20,8 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.pipeline import pipeline_flow
-from pipeline.config import load_config
+from pipeline.config import EvaluateConfig, load_config
+from pipeline.evaluate.increments import heldout_bpb
 from pipeline.incremental import increments
 from pipeline.outputs import read_manifest
 
@@ -122,7 +123,16 @@ def test_the_tokenizer_stays_and_evaluation_uses_the_first_held_out_split(increm
     assert two["stages"]["tokenizer"]["cached"]
     assert two["stages"]["shards"]["output"] != one["stages"]["shards"]["output"]
     evaluate = read_manifest(Path(two["stages"]["evaluate"]["output"]))
-    assert evaluate["inputs"]["shards"] == one["stages"]["shards"]["fingerprint"]
+    assert evaluate["inputs"]["shards"] == two["stages"]["shards"]["fingerprint"]
+    # val_bpb (= val_bpb_first) on the first run's held-out split, val_bpb_new on today's
+    metrics = two["stages"]["evaluate"]["metrics"]
+    model = Path(two["stages"]["pretrain"]["output"]) / "final"
+    scoring = EvaluateConfig(val_batches=4)  # SHRINK's evaluate.val_batches
+    first = heldout_bpb(model, Path(one["stages"]["shards"]["output"]), scoring)
+    new = heldout_bpb(model, Path(two["stages"]["shards"]["output"]), scoring)
+    assert metrics["val_bpb"] == metrics["val_bpb_first"] == pytest.approx(first, rel=1e-4)
+    assert metrics["val_bpb_new"] == pytest.approx(new, rel=1e-4)
+    assert "start_val_bpb_new" in metrics
 
 
 def test_pretraining_continues_from_the_champion(increments_run):

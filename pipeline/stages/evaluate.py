@@ -1,5 +1,7 @@
 """The evaluate stage: the model in, its scores on held-out data, benchmarks and the
-application tasks out (pipeline/evaluate)."""
+application tasks out (pipeline/evaluate). An incremental run scores the first run's held-out
+split (`val_bpb`, `val_bpb_first`) and today's (`val_bpb_new`, and the champion it started from
+on it: `start_val_bpb_new`; pipeline/evaluate/increments.py)."""
 
 from __future__ import annotations
 
@@ -22,17 +24,20 @@ class Evaluate(Stage):
         stages = (model_stage(config), "shards") if pretrains(config) else ("finetune",)
         if decontaminates(config):  # its report marks each task clean or contaminated
             stages += ("decontaminate",)
-        outputs = {}
-        if config.run.heldout_from and "shards" in stages:  # the first run's held-out split
-            outputs["shards"] = Path(config.run.heldout_from)
         external = eval_input_fingerprints(config.evaluate, config.base_dir)
-        return Reads(stages=stages, outputs=outputs, external=tuple(external))
+        if config.run.heldout_from and "shards" in stages:
+            # the first run's held-out split (a complete output: its name is its fingerprint)
+            # beside today's shards, whose val split is the newest increment's held-out part
+            external = [*external, f"heldout_first:{Path(config.run.heldout_from).name}"]
+        return Reads(stages=stages, external=tuple(external))
 
     def run(self, ctx: StageContext) -> StageResult:
         from pipeline.evaluate import run_evaluation
 
         model = model_stage(ctx.config)
-        shards_dir = ctx.inputs.get("shards")
+        new_shards = shards_dir = ctx.inputs.get("shards")
+        if ctx.config.run.heldout_from and shards_dir is not None:
+            shards_dir = Path(ctx.config.run.heldout_from)  # val_bpb: on the first held-out
         bytes_per_token = None
         if shards_dir is not None:
             bytes_per_token = float(read_result(shards_dir).stats["bytes_per_token_val"])
@@ -55,6 +60,21 @@ class Evaluate(Stage):
             base_model_dir=base_dir,
             contamination=contamination,
         )
+        metrics = found["metrics"]
+        if new_shards is not None and "val_bpb" in metrics:
+            # a full run's held-out split is both the first and the newest
+            metrics["val_bpb_first"] = metrics["val_bpb_new"] = metrics["val_bpb"]
+            if new_shards != shards_dir:
+                from pipeline.evaluate.increments import increment_metrics
+
+                metrics.update(
+                    increment_metrics(
+                        ctx.inputs[model] / "final",
+                        new_shards,
+                        ctx.config.evaluate,
+                        _start_model(ctx, model) if ctx.config.run.init_from else None,
+                    )
+                )
         return StageResult(
             metrics=found["metrics"],
             tables={
@@ -70,3 +90,18 @@ class Evaluate(Stage):
 
         rows = result.tables.get("eval_table") or []
         return [eval_markdown(rows)] if rows else []
+
+
+def _start_model(ctx: StageContext, model: str) -> Path | None:
+    """The model folder pretraining started from (the champion): the one its train request
+    names, or run.init_from fetched again."""
+    import json
+
+    request = ctx.inputs[model] / "train_request.json"
+    if request.is_file():
+        start = json.loads(request.read_text(encoding="utf-8")).get("init_from")
+        if start and Path(start).is_dir():
+            return Path(start)
+    from pipeline.generate import resolve_model_dir
+
+    return resolve_model_dir(str(ctx.config.run.init_from), ctx.tracking_uri)

@@ -22,8 +22,12 @@ class Pretrain(Stage):
         return pretrains(config)
 
     def reads(self, config: PipelineConfig, tracking_uri: str | None) -> Reads:
-        # an incremental run continues from the champion's weights
-        init = (f"init:{config.run.init_from}",) if config.run.init_from else ()
+        # an incremental run continues from the champion's weights (and optimizer state)
+        init: tuple[str, ...] = ()
+        if config.run.init_from:
+            init = (f"init:{config.run.init_from}", f"continuation:{config.train.continuation}")
+            if config.run.init_state_from and config.train.continuation == "continue":
+                init += (f"init_state:{config.run.init_state_from}",)
         return Reads(stages=("shards", "tokenizer"), external=init)
 
     def run(self, ctx: StageContext) -> StageResult:
@@ -49,6 +53,7 @@ class Pretrain(Stage):
             from pipeline.generate import resolve_model_dir
 
             request.init_from = str(resolve_model_dir(ctx.config.run.init_from, ctx.tracking_uri))
+            request.init_state_from = ctx.config.run.init_state_from
         request_path = ctx.out / "train_request.json"
         request.to_json(request_path)
         launch_training(request_path, ctx.log, ctx.config.train.launcher, request.environment())

@@ -70,7 +70,9 @@ class Register(Stage):
             ctx.inputs[model_stage(ctx.config)] / "final",
             cfg.model_name,
             evaluation.metrics,
-            PromotionRule(cfg.metric, cfg.mode, cfg.min_improvement),
+            PromotionRule(
+                cfg.metric, cfg.mode, cfg.min_improvement, cfg.guard_metric, cfg.guard_tolerance
+            ),
             tags=tags,
             registration_key=ctx.fingerprint,  # a rerun after a kill completes that version
         )

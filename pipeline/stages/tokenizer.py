@@ -50,16 +50,43 @@ class Shards(Stage):
         return pretrains(config)
 
     def reads(self, config: PipelineConfig, tracking_uri: str | None) -> Reads:
-        return Reads(stages=(documents_stage(config), "tokenizer"))
+        # an incremental run replays earlier increments' shards (complete, immutable outputs:
+        # their folder names are their fingerprints)
+        replay = tuple(f"replay:{Path(folder).name}" for folder in _replay_from(config))
+        return Reads(stages=(documents_stage(config), "tokenizer"), external=replay)
 
     def fields(self, config: PipelineConfig, tracking_uri: str | None = None) -> dict[str, Any]:
-        return {"shards": fingerprint_fields(config.shards)}
+        fields: dict[str, Any] = {"shards": fingerprint_fields(config.shards)}
+        if _replay_from(config):
+            fields["replay_fraction"] = config.run.replay_fraction
+        return fields
 
     def run(self, ctx: StageContext) -> StageResult:
         from pipeline.tokenizer.stage import run_shards_stage
 
         docs = ctx.inputs[documents_stage(ctx.config)]
         body = run_shards_stage(docs, ctx.inputs["tokenizer"], ctx.out, ctx.config, ctx.executor)
+        earlier = _replay_from(ctx.config)
+        if earlier:
+            from pipeline.tokenizer.replay import add_replay
+
+            replay = add_replay(
+                ctx.out,
+                earlier,
+                ctx.config.run.replay_fraction,
+                int(body["stats"]["eot_id"]),
+                int(body["stats"]["vocab_size"]),
+                ctx.config.shards.tokens_per_shard,
+            )
+            by_folder = replay.pop("replay_by_folder")
+            body["counts"].update(replay)
+            body["counts"]["train_tokens"] += replay["replay_tokens"]
+            body["replay"] = {"fraction": ctx.config.run.replay_fraction, "from": by_folder}
+            ctx.log(
+                f"shards: replayed {replay['replay_tokens']:,} tokens "
+                f"({replay['replay_documents']:,} documents) of {len(earlier)} earlier "
+                f"increment(s) beside {replay['new_train_tokens']:,} new"
+            )
         return StageResult.from_body(body)
 
     def summary(self, result: StageResult) -> list[str]:
@@ -73,3 +100,8 @@ class Shards(Stage):
         if mixture:
             tables["mixture"] = [{"source": name, **entry} for name, entry in mixture.items()]
         return tables
+
+
+def _replay_from(config: PipelineConfig) -> list[str]:
+    """The earlier shards to replay (none with replay_fraction 0)."""
+    return list(config.run.replay_from) if config.run.replay_fraction > 0 else []

@@ -50,10 +50,31 @@ class PromotionRule:
     metric: str = "val_bpb"
     mode: str = "min"  # "min": lower wins; "max": higher wins
     min_improvement: float = 0.0
+    # "better on new, not worse on old": a second metric the challenger may lose on by at most
+    # guard_tolerance (relative to the champion's value) and still be promoted
+    guard_metric: str | None = None
+    guard_tolerance: float = 0.0
 
     def describe(self) -> str:
         direction = "lower" if self.mode == "min" else "higher"
-        return f"{self.metric}, {direction} is better, by at least {self.min_improvement:g}"
+        text = f"{self.metric}, {direction} is better, by at least {self.min_improvement:g}"
+        if self.guard_metric:
+            text += (
+                f"; and {self.guard_metric} no worse than the champion's by more than "
+                f"{self.guard_tolerance:.2%}"
+            )
+        return text
+
+
+def guard_holds(rule: PromotionRule, candidate: float, incumbent: float | None) -> bool:
+    """Whether the guard metric is within the tolerance of the champion's (no champion value:
+    nothing to hold against)."""
+    if math.isnan(candidate):
+        return False
+    if incumbent is None or math.isnan(incumbent):
+        return True
+    slack = abs(incumbent) * rule.guard_tolerance
+    return candidate <= incumbent + slack if rule.mode == "min" else candidate >= incumbent - slack
 
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -284,11 +305,29 @@ def register_model_dir(
     all_tags = dict(version.tags)
 
     previous, incumbent = champion_metric(client, name, rule.metric)
+    if f"start_{rule.metric}" in metrics and previous is not None:
+        # the champion this run started from, scored on the same held-out documents
+        incumbent = float(metrics[f"start_{rule.metric}"])
     value = float(metrics[rule.metric])
     if str(previous) == number:  # an interrupted attempt got as far as @champion
         promoted, reason = True, all_tags.get("llmpipe.promotion", "already the champion")
         return _registered(name, number, promoted, reason, None, None, rule.metric, value)
     promoted, reason = decide(rule, value, previous, incumbent)
+    if rule.guard_metric and previous is not None:
+        if rule.guard_metric not in metrics:
+            raise KeyError(
+                f"register.guard_metric {rule.guard_metric!r} is not among the eval metrics "
+                f"{sorted(metrics)}"
+            )
+        _, theirs = champion_metric(client, name, rule.guard_metric)
+        mine = float(metrics[rule.guard_metric])
+        held = guard_holds(rule, mine, theirs)
+        promoted = promoted and held
+        reason += (
+            f"; {rule.guard_metric} {mine:.6g} against the champion's "
+            f"{'n/a' if theirs is None else f'{theirs:.6g}'}: "
+            f"{'within' if held else 'outside'} the tolerance {rule.guard_tolerance:.2%}"
+        )
     data = all_tags.get("llmpipe.data_fingerprint")
     if previous is not None and data:
         theirs = client.get_model_version(name, previous).tags.get("llmpipe.data_fingerprint")

@@ -18,7 +18,10 @@ command once per device, which is why training is its own process (`python -m pi
 under torchrun or SLURM each process is started by the launcher instead (README: Scale-out).
 
 If out_dir/checkpoints holds a complete checkpoint, training resumes from the latest one: the
-same command, rerun after a crash or a kill, continues to max_steps.
+same command, rerun after a crash or a kill, continues to max_steps (or `train.tokens`, turned
+into steps). With `init_from` (an incremental run) training starts from those weights and, with
+`train.continuation: continue`, the optimizer moments of `init_state_from` and the continuation
+schedule (lit_module.lr_factor).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from pipeline.train.checkpoints import (
 from pipeline.train.data import data_module_for
 from pipeline.train.lit_module import LitGPT, NonFiniteLossError, peak_flops
 from pipeline.train.progress import ProgressTicks, plot_loss_curve
-from pipeline.train.request import TrainRequest
+from pipeline.train.request import PretrainData, TrainRequest
 from pipeline.train.samples import SampleGenerations
 from pipeline.train.ticks import ticks_requested
 
@@ -184,6 +187,28 @@ def _write_final(checkpoint: Path, request: TrainRequest, out_dir: Path, model: 
     return final
 
 
+def steps_for_tokens(train: TrainConfig, block_size: int, world_size: int) -> int:
+    """Optimizer steps for a budget of train.tokens (rounded up: at least the budget)."""
+    per_step = train.batch_size * train.grad_accum_steps * block_size * world_size
+    return max(1, -(-int(train.tokens or 0) // per_step))
+
+
+def _world_size(train: TrainConfig) -> int:
+    """Processes the Trainer will start: nodes x devices ("auto": the GPUs, else 1)."""
+    devices = train.devices
+    if isinstance(devices, str):
+        if devices.strip().lstrip("-").isdigit():
+            devices = int(devices)
+        elif "," in devices:
+            devices = len([d for d in devices.split(",") if d.strip()])
+        else:
+            gpu = train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+            devices = torch.cuda.device_count() if gpu else 1
+    if devices == -1:
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    return train.num_nodes * max(1, int(devices))
+
+
 def make_data(request: TrainRequest, train: TrainConfig, block_size: int) -> pl.LightningDataModule:
     """Token shards for pretraining, or the prepared (prompt, response) examples for SFT (built
     by what pipeline.finetune.data registers: see pipeline.train.data.DATA_MODULES)."""
@@ -205,6 +230,10 @@ def run_training(
         raise FileNotFoundError(f"tokenizer not found: {request.tokenizer_path}")
 
     gpt_config = request.architecture()
+    if train.tokens:  # the budget in tokens: as many steps as it takes
+        train = train.model_copy(
+            update={"max_steps": steps_for_tokens(train, gpt_config.block_size, _world_size(train))}
+        )
     data = make_data(request, train, gpt_config.block_size)
     data.check()  # fail early, with a clear message, on missing or too-small data
 
@@ -228,9 +257,25 @@ def run_training(
     resume = latest_checkpoint(ckpt_root)
     lit.resume_weights_dir = resume
     if request.init_from and resume is None:
-        # Continue from earlier weights (an incremental run's champion) with a fresh optimizer
-        # and schedule; a resumed attempt has them in its own checkpoint already.
+        # Continue from earlier weights (an incremental run's champion); a resumed attempt has
+        # them in its own checkpoint already.
         load_weights(lit.model, Path(request.init_from))
+    if (
+        request.init_from
+        and train.continuation == "continue"
+        and isinstance(request.data, PretrainData)
+    ):
+        # continued pretraining (fine-tuning keeps its own schedule): the continuation
+        # schedule, and the optimizer moments that go with those weights
+        lit.continuing = True
+        if request.init_state_from:
+            lit.init_state_from = Path(request.init_state_from)
+        else:  # a fresh optimizer is warmed up as a first run's is, not thrown in at the peak
+            lit.train_config = train.model_copy(
+                update={
+                    "continue_warmup_steps": max(train.continue_warmup_steps, train.warmup_steps)
+                }
+            )
     lora = request.lora
     if lora:  # adapters only train; a resumed run gets them from its checkpoint
         trainable = add_lora(
@@ -274,6 +319,11 @@ def run_training(
     callbacks += extra_callbacks or []
     trainer = build_trainer(train, out_dir, callbacks, make_logger(request), progress_bar=use_bar)
 
+    if train.tokens and trainer.world_size != _world_size(train):
+        raise RuntimeError(
+            f"train.tokens: {trainer.world_size} processes train, {_world_size(train)} were "
+            "counted for the steps: set train.devices to a number"
+        )
     is_main = trainer.is_global_zero
     tokens_per_step = (
         train.batch_size * train.grad_accum_steps * gpt_config.block_size * trainer.world_size

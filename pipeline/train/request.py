@@ -61,6 +61,8 @@ class TrainRequest(_Part):
     out_dir: str  # checkpoints/, final/, train_metrics.json, loss_curve.png
     tokenizer_path: str | None = None  # copied into final/ when given
     init_from: str | None = None  # a model folder whose weights start training (not a resume)
+    # the earlier run's trainer_state.ckpt whose optimizer moments go with init_from's weights
+    init_state_from: str | None = None
     lora: LoraConfig | None = None  # adapters only train (fine-tuning)
     mlflow_tracking_uri: str | None = None  # None: no MLflow logging
     mlflow_run_id: str | None = None  # an existing run to log into; None: a new run
