@@ -67,7 +67,9 @@ def load_records() -> list[dict]:
     for name in FILES:
         with gzip.open(NEWS / name, "rt", encoding="utf-8") as f:
             for i, line in enumerate(f):
-                records.append({"id": f"{name.split('_shared')[0]}-{i}", "text": json.loads(line)["text"]})
+                records.append(
+                    {"id": f"{name.split('_shared')[0]}-{i}", "text": json.loads(line)["text"]}
+                )
     return records
 
 
@@ -210,9 +212,7 @@ def measure(args: list[str], watch: list[Path], tmpdir: Path) -> dict:
         wall_s=round(wall, 2),
         peak_rss_mb=round(max(peak_rss, result["self_maxrss_kb"] * 1024) / 2**20, 1),
         written_mb=round((after.ru_oublock - before.ru_oublock) * 512 / 2**20, 1),
-        cpu_s=round(
-            (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1
-        ),
+        cpu_s=round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
         output_mb=round(final / 2**20, 1),
         temp_mb=round(max(0, peak_disk - final) / 2**20, 1),
     )
@@ -343,7 +343,9 @@ def report() -> str:
             a, b = latest.get((name, small)), latest.get((name, large))
             if a and b:
                 per_doc = (b["wall_s"] / b["docs_in"]) / (a["wall_s"] / a["docs_in"])
-                lines.append(f"| {name} | {per_doc:.2f} | {b['peak_rss_mb'] / a['peak_rss_mb']:.2f} |")
+                lines.append(
+                    f"| {name} | {per_doc:.2f} | {b['peak_rss_mb'] / a['peak_rss_mb']:.2f} |"
+                )
     return "\n".join(lines)
 
 
