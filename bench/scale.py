@@ -314,38 +314,96 @@ def _append(result: dict) -> None:
 # ---------------------------------------------------------------- report
 
 
+SNAPSHOT_DOCS = 3.0e9  # assumed: one Common Crawl snapshot's pages, as WET text records
+SNAPSHOT_BYTES = 10e12  # assumed: its WET plain text, uncompressed (~3.3 KB a document)
+
+
+def input_bytes(row: dict, latest: dict[tuple[str, int], dict]) -> float:
+    """UTF-8 bytes a stage read (approximate past ingest: characters, or the shards' bytes
+    scaled back to the documents dedup read)."""
+    scale = row["scale"]
+    if row["stage"] == "ingest":
+        return row["planted"]["bytes"]
+    if row["stage"] == "clean":
+        return latest[("ingest", scale)]["stats"]["chars"]
+    shards = latest[("shards", scale)]["stats"]
+    text = shards["train_bytes"] + shards["val_bytes"]
+    if row["stage"] == "dedup":
+        return text * row["docs_in"] / max(1, latest[("tokenizer", scale)]["docs_in"])
+    return text
+
+
 def report() -> str:
     rows = [json.loads(line) for line in RUNS.read_text(encoding="utf-8").splitlines() if line]
     latest: dict[tuple[str, int], dict] = {}
     for row in rows:  # the last run of each (stage, size) counts
         latest[(row["stage"], row["scale"])] = row
     sizes = sorted({s for _, s in latest})
-    header = "| stage | size | docs in | wall s | docs/s | CPU s | peak RSS MB | written MB | output MB | temp MB |"
-    lines = [header, "|" + "---|" * 10]
+    header = (
+        "| stage | size | docs in | wall s | docs/s (wall) | CPU s | docs per CPU s "
+        "| peak RSS MB | written MB | output MB | temp MB |"
+    )
+    lines = ["## Growth", "", header, "|" + "---|" * 11]
     for name in [*STAGES, "loader"]:
         for size in sizes:
             r = latest.get((name, size))
             if not r:
                 continue
+            per_cpu = f"{r['docs_in'] / r['cpu_s']:,.0f}" if r["docs_in"] else "-"
             lines.append(
                 f"| {name} | {size}x | {r['docs_in']:,} | {r['wall_s']:.1f} | "
-                f"{r.get('docs_per_s', 0):,.0f} | {r['cpu_s']} | {r['peak_rss_mb']:.0f} | "
-                f"{r['written_mb']} | {r['output_mb']} | {r['temp_mb']} |"
+                f"{r.get('docs_per_s', 0):,.0f} | {r['cpu_s']} | {per_cpu} | "
+                f"{r['peak_rss_mb']:.0f} | {r['written_mb']} | {r['output_mb']} | {r['temp_mb']} |"
             )
     if len(sizes) >= 2:
         small, large = sizes[-2], sizes[-1]
         lines += [
             "",
-            f"| stage | time {large}x / {small}x, per document | peak RSS {large}x / {small}x |",
-            "|---|---|---|",
+            f"## {large}x against {small}x",
+            "",
+            "Time per document, larger over smaller (1.00 is linear; the goal is at most 1.2), "
+            "and peak RSS, larger over smaller (goal: at most 1.5).",
+            "",
+            "| stage | CPU s per doc | wall s per doc | peak RSS |",
+            "|---|---|---|---|",
         ]
-        for name in STAGES:
+        for name in [*STAGES, "loader"]:
             a, b = latest.get((name, small)), latest.get((name, large))
-            if a and b:
-                per_doc = (b["wall_s"] / b["docs_in"]) / (a["wall_s"] / a["docs_in"])
-                lines.append(
-                    f"| {name} | {per_doc:.2f} | {b['peak_rss_mb'] / a['peak_rss_mb']:.2f} |"
-                )
+            if not (a and b):
+                continue
+            if name == "loader":  # a fixed amount of work at every size: the ratio of times
+                cpu, wall = b["cpu_s"] / a["cpu_s"], b["wall_s"] / a["wall_s"]
+            else:
+                cpu = (b["cpu_s"] / b["docs_in"]) / (a["cpu_s"] / a["docs_in"])
+                wall = (b["wall_s"] / b["docs_in"]) / (a["wall_s"] / a["docs_in"])
+            rss = b["peak_rss_mb"] / a["peak_rss_mb"]
+            lines.append(f"| {name} | {cpu:.2f} | {wall:.2f} | {rss:.2f} |")
+        lines += [
+            "",
+            f"## Capacity (measured at {large}x, per CPU core-second of the stage's process tree)",
+            "",
+            f"Assumed snapshot: {SNAPSHOT_DOCS:.1e} documents, {SNAPSHOT_BYTES / 1e12:.0f} TB of "
+            "text, every stage reading all of it (an upper bound: clean and dedup drop part).",
+            "",
+            "| stage | docs per core-s | MB per core-s | core-h per snapshot, by docs | by bytes |",
+            "|---|---|---|---|---|",
+        ]
+        total_docs = total_bytes = 0.0
+        for name in STAGES:
+            r = latest.get((name, large))
+            if not r:
+                continue
+            docs_rate = r["docs_in"] / r["cpu_s"]
+            bytes_rate = input_bytes(r, latest) / r["cpu_s"]
+            hours_docs = SNAPSHOT_DOCS / docs_rate / 3600
+            hours_bytes = SNAPSHOT_BYTES / bytes_rate / 3600
+            total_docs += hours_docs
+            total_bytes += hours_bytes
+            lines.append(
+                f"| {name} | {docs_rate:,.0f} | {bytes_rate / 1e6:.2f} | "
+                f"{hours_docs:,.0f} | {hours_bytes:,.0f} |"
+            )
+        lines.append(f"| all five | | | {total_docs:,.0f} | {total_bytes:,.0f} |")
     return "\n".join(lines)
 
 
