@@ -150,7 +150,8 @@ def run_ingest(
     skipped: Counter[str] = Counter()
     chars = 0
     # a record read twice (a file listed by two sources, say) is refused: its later readings
-    repeated = iter(_repeated_ids([Path(task.out_dir) for task in tasks]).tolist())
+    repeated = _repeated_ids([Path(task.out_dir) for task in tasks])  # 1 byte a document
+    at = 0
     with (
         ShardWriter(out_dir, settings.max_docs_per_shard) as writer,
         Quarantine(out_dir) as quarantine,
@@ -168,8 +169,10 @@ def run_ingest(
             _copy_quarantine(unit_dir, quarantine)
             for path in shard_paths(unit_dir):
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
-                    for doc in batch.to_pylist():
-                        if next(repeated):
+                    flags = repeated[at : at + batch.num_rows].tolist()
+                    at += batch.num_rows
+                    for doc, again in zip(batch.to_pylist(), flags, strict=True):
+                        if again:
                             _refuse_duplicate(doc, quarantine, by_source[name], languages)
                             chars -= len(doc["text"])
                             continue
