@@ -268,6 +268,60 @@ def loader_child(shards_dir: str) -> None:
     )
 
 
+def dedup_phases(scale: int, root: Path) -> None:
+    """`run_dedup` alone on the Nx corpus written straight to document shards (no ingest or
+    clean, so every generated document reaches it): peak RSS of this process per phase, polled
+    every 50 ms; the reduces are the phases to watch as the corpus grows."""
+    import threading
+
+    import psutil
+
+    from pipeline.config import DedupConfig
+    from pipeline.dedup import run_dedup
+    from pipeline.documents import ShardWriter, make_document
+
+    folder = root / f"dedup-x{scale}"
+    shutil.rmtree(folder, ignore_errors=True)
+    write_corpus(scale, folder / "jsonl")
+    with ShardWriter(folder / "docs", 10_000) as writer:
+        for path in sorted((folder / "jsonl").glob("*.jsonl")):
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    record = json.loads(line)
+                    writer.write(make_document(id=record["id"], text=record["text"], source="news"))
+    shutil.rmtree(folder / "jsonl")
+    proc, peak = psutil.Process(), [0]
+
+    def poll() -> None:
+        while True:
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.05)
+
+    threading.Thread(target=poll, daemon=True).start()
+    phases: dict[str, float] = {}
+
+    def log(message: str) -> None:  # timed_map's line after each phase: "<phase>: ..."
+        phases[message.split(":")[0]] = round(peak[0] / 2**20, 1)
+        peak[0] = 0
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    body = run_dedup(folder / "docs", folder / "out", DedupConfig(), log=log)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result = {
+        "stage": "dedup-phases",
+        "scale": scale,
+        "docs_in": body["counts"]["input"],
+        "counts": body["counts"],
+        "candidate_pairs": body["near_duplicates"]["candidate_pairs"],
+        "documents_in_groups": body["near_duplicates"]["documents_in_groups"],
+        "phase_peak_rss_mb": phases,
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+    }
+    shutil.rmtree(folder, ignore_errors=True)
+    _append(result)
+
+
 def input_documents(name: str, done: dict[str, dict], planted: dict) -> int:
     """Documents a stage reads: ingest reads the records, the rest what the stage before kept."""
     if name == "ingest":
@@ -336,6 +390,8 @@ def input_bytes(row: dict, latest: dict[tuple[str, int], dict]) -> float:
 def report() -> str:
     rows = [json.loads(line) for line in RUNS.read_text(encoding="utf-8").splitlines() if line]
     latest: dict[tuple[str, int], dict] = {}
+    phases = [row for row in rows if row["stage"] == "dedup-phases"]
+    rows = [row for row in rows if row["stage"] != "dedup-phases"]
     for row in rows:  # the last run of each (stage, size) counts
         latest[(row["stage"], row["scale"])] = row
     sizes = sorted({s for _, s in latest})
@@ -404,6 +460,23 @@ def report() -> str:
                 f"{hours_docs:,.0f} | {hours_bytes:,.0f} |"
             )
         lines.append(f"| all five | | | {total_docs:,.0f} | {total_bytes:,.0f} |")
+    if phases:
+        names = list(phases[-1]["phase_peak_rss_mb"])
+        lines += [
+            "",
+            "## Dedup alone, peak RSS by phase (MB, this process)",
+            "",
+            "| size | docs in | candidate pairs | docs in groups | CPU s | "
+            + " | ".join(names)
+            + " | peak |",
+            "|" + "---|" * (len(names) + 6),
+        ]
+        for r in phases:
+            peaks = " | ".join(f"{r['phase_peak_rss_mb'].get(n, 0):.0f}" for n in names)
+            lines.append(
+                f"| {r['scale']}x | {r['docs_in']:,} | {r['candidate_pairs']:,} | "
+                f"{r['documents_in_groups']:,} | {r['cpu_s']} | {peaks} | {r['peak_rss_mb']:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -413,11 +486,16 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/llmpipe-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the corpora and work dirs")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument(
+        "--dedup-phases", type=int, nargs="*", default=[], help="run_dedup alone at these sizes"
+    )
     args = parser.parse_args()
     if not NEWS.is_dir():
         raise SystemExit(f"the shared news corpus is not at {NEWS}")
     for scale in args.sizes:
         run_size(scale, args.root, args.keep)
+    for scale in args.dedup_phases:
+        dedup_phases(scale, args.root)
     if args.report:
         print(report())
 
