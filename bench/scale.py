@@ -387,6 +387,10 @@ def input_bytes(row: dict, latest: dict[tuple[str, int], dict]) -> float:
     return text
 
 
+def _mb(value: float) -> str:
+    return f"{value:.0f}" if value else "-"
+
+
 def report() -> str:
     rows = [json.loads(line) for line in RUNS.read_text(encoding="utf-8").splitlines() if line]
     latest: dict[tuple[str, int], dict] = {}
@@ -466,15 +470,16 @@ def report() -> str:
             "",
             "## Dedup alone, peak RSS by phase (MB, this process)",
             "",
-            "| size | docs in | candidate pairs | docs in groups | CPU s | "
+            "| run at (UTC) | size | docs in | candidate pairs | docs in groups | CPU s | "
             + " | ".join(names)
             + " | peak |",
-            "|" + "---|" * (len(names) + 6),
+            "|" + "---|" * (len(names) + 7),
         ]
         for r in phases:
-            peaks = " | ".join(f"{r['phase_peak_rss_mb'].get(n, 0):.0f}" for n in names)
+            # 0: the phase ended before the 50 ms poll sampled it
+            peaks = " | ".join(_mb(r["phase_peak_rss_mb"].get(n, 0)) for n in names)
             lines.append(
-                f"| {r['scale']}x | {r['docs_in']:,} | {r['candidate_pairs']:,} | "
+                f"| {r['when'][11:16]} | {r['scale']}x | {r['docs_in']:,} | {r['candidate_pairs']:,} | "
                 f"{r['documents_in_groups']:,} | {r['cpu_s']} | {peaks} | {r['peak_rss_mb']:.0f} |"
             )
     return "\n".join(lines)
