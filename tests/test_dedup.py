@@ -18,6 +18,7 @@ from pipeline.clean import run_clean
 from pipeline.config import CleanConfig, DedupConfig, load_config
 from pipeline.dedup import (
     MinHasher,
+    component_arrays,
     component_roots,
     dedup_key,
     jaccard,
@@ -144,6 +145,24 @@ def test_components_keep_the_smallest_document_whatever_the_pair_order():
     assert component_roots(edges) == expected
     assert component_roots(edges[::-1]) == expected
     assert component_roots(np.empty((0, 2), dtype=np.int64)) == {}
+    nodes, kept = component_arrays(edges)
+    assert dict(zip(nodes.tolist(), kept.tolist(), strict=True)) == expected
+    assert nodes.tolist() == sorted(expected)
+    assert [len(a) for a in component_arrays(np.empty((0, 2), dtype=np.int64))] == [0, 0]
+
+
+def test_component_arrays_agree_with_the_union_find_on_random_graphs():
+    """The numpy label propagation the stage uses against the dict union-find: long chains
+    (many propagation rounds), stars, self-pairs and repeated pairs, in any order."""
+    rng = np.random.default_rng(7)
+    chain = np.stack([np.arange(0, 400), np.arange(1, 401)], axis=1)[rng.permutation(400)]
+    graphs = [chain, chain[:, ::-1], np.array([[9, 9], [9, 9], [4, 9], [100, 4]])]
+    for _ in range(30):
+        size = int(rng.integers(1, 3000))
+        graphs.append(rng.integers(0, int(rng.integers(2, 5000)), size=(size, 2)))
+    for edges in graphs:
+        nodes, kept = component_arrays(edges)
+        assert dict(zip(nodes.tolist(), kept.tolist(), strict=True)) == component_roots(edges)
 
 
 def near_duplicate_corpus() -> tuple[list[dict], set[int]]:

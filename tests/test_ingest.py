@@ -331,6 +331,26 @@ def test_a_record_read_twice_is_refused_as_a_duplicate_id(tmp_path):
     assert manifest["counts"]["quarantined_by_reason"] == {"duplicate_id": 4}
 
 
+def test_a_repeated_id_keeps_its_first_reading_across_units_and_shards(tmp_path):
+    """The merge's id check (numbers sorted once, not a set): repeats within a shard, across
+    shards and across units are flagged, the first reading never is."""
+    from pipeline.documents import document_id, make_document, write_documents
+    from pipeline.ingest.stage import _repeated_ids
+
+    ids = [document_id("jsonl", f"a.jsonl:{n}") for n in range(5)]
+    order = [[ids[0], ids[1], ids[0]], [ids[2], ids[1]], [ids[3], ids[4], ids[3], ids[2]]]
+    units = []
+    for number, unit_ids in enumerate(order):
+        unit = tmp_path / f"{number:05d}"
+        docs = [make_document(id=i, text="t", source="s") for i in unit_ids]
+        write_documents(docs, unit, max_docs=2)  # shards of 2: repeats cross shards too
+        units.append(unit)
+    assert len(shard_paths(units[2])) == 2
+    flags = _repeated_ids(units).tolist()
+    assert flags == [False, False, True, False, True, False, False, True, True]
+    assert _repeated_ids([]).tolist() == []
+
+
 # ------------------------------------------------------------------------------ fingerprint
 
 

@@ -8,7 +8,7 @@ manifest body. A map-reduce over shards and LSH bands (see pipeline/dedup/stage.
     run_dedup(in_dir, out_dir, cfg, executor) -> manifest body
 """
 
-from pipeline.dedup.components import component_roots
+from pipeline.dedup.components import component_arrays, component_roots
 from pipeline.dedup.exact import dedup_key, text_digest
 from pipeline.dedup.minhash import MinHasher, jaccard, lsh_probability, shingle_words
 from pipeline.dedup.spans import remove_spans, span_keys, split_spans
@@ -26,6 +26,7 @@ __all__ = [
     "DUPLICATES_FILE",
     "SIGNATURES_DIR",
     "MinHasher",
+    "component_arrays",
     "component_roots",
     "dedup_key",
     "jaccard",

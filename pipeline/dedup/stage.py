@@ -42,13 +42,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import DedupConfig
-from pipeline.dedup.components import component_roots
+from pipeline.dedup.components import component_arrays
 from pipeline.dedup.exact import text_digest
 from pipeline.dedup.minhash import MinHasher
 from pipeline.dedup.spans import remove_spans, span_keys
 from pipeline.documents import ShardWriter, shard_paths
 from pipeline.parallel import Executor, Log, SerialExecutor, describe, timed_map
 
+# the union-find's answer: (document indices in a near-duplicate group, ascending; the one
+# each group keeps), see pipeline.dedup.components.component_arrays
+Roots = tuple[np.ndarray, np.ndarray]
 DUPLICATES_FILE = "duplicates.parquet"
 DUPLICATES_SCHEMA = pa.schema(
     [
@@ -356,12 +359,26 @@ def _ids_at(files: list[str], offsets: np.ndarray, wanted: set[int]) -> dict[int
     return found
 
 
+def _kept_of(exact_of: np.ndarray, roots: Roots) -> np.ndarray:
+    """The document each one's component keeps: its exact representative's root, or the
+    representative itself outside any near-duplicate group. Looked up with arrays: a Python
+    int per document (the list this replaced) cost ~70 bytes a document in the reduce."""
+    final = exact_of.astype(np.int64, copy=True)
+    nodes, kept = roots  # nodes ascending
+    if not len(nodes):
+        return final
+    at = np.minimum(np.searchsorted(nodes, final), len(nodes) - 1)
+    hit = nodes[at] == final
+    final[hit] = kept[at[hit]]
+    return final
+
+
 def _decide(
     files: list[str],
     rows: list[int],
     first_current: int,
     representative: np.ndarray,
-    roots: dict[int, int],
+    roots: Roots,
     work: Path,
 ) -> dict[str, int]:
     """Phase 4's output: per shard, the removed rows with their kind and kept document."""
@@ -369,19 +386,19 @@ def _decide(
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
     current = np.arange(first_current, len(representative))
     exact_of = representative[current]
-    final = np.array([roots.get(r, r) for r in exact_of.tolist()], dtype=np.int64)
+    final = _kept_of(exact_of, roots)
     removed = final != current
-    kind = np.where(exact_of != current, "exact", "near")
     ids = _ids_at(files, offsets, set(final[removed].tolist()))
     of_previous = int(np.sum(final[removed] < first_current))
     start = 0
     for index, count in enumerate(rows):
         part = slice(start, start + count)
         mask = removed[part]
+        exact = exact_of[part][mask] != current[part][mask]
         table = pa.table(
             {
                 "row": pa.array(np.flatnonzero(mask), pa.int64()),
-                "kind": pa.array(kind[part][mask].tolist(), pa.string()),
+                "kind": pa.array(np.where(exact, "exact", "near").tolist(), pa.string()),
                 "duplicate_of": pa.array([ids[f] for f in final[part][mask].tolist()], pa.string()),
             }
         )
@@ -394,22 +411,21 @@ def _near_examples(
     shards: list[Path],
     first_current: int,
     representative: np.ndarray,
-    roots: dict[int, int],
+    roots: Roots,
     rows: list[int],
 ) -> list[dict[str, Any]]:
     """A few near-duplicate pairs of this run, removed text beside kept text, to judge by eye."""
     offsets = np.concatenate([[0], np.cumsum(rows)]) + first_current
-    pairs = []
-    for node, root in sorted(roots.items()):
-        if (
-            node != root
-            and node >= first_current
-            and root >= first_current
-            and representative[node] == node
-        ):
-            pairs.append((node, root))
-        if len(pairs) == EXAMPLES:
-            break
+    nodes, kept = roots  # nodes ascending: the first pairs in document order
+    shown = (
+        (nodes != kept)
+        & (nodes >= first_current)
+        & (kept >= first_current)
+        & (representative[nodes] == nodes)
+    )
+    pairs = list(
+        zip(nodes[shown][:EXAMPLES].tolist(), kept[shown][:EXAMPLES].tolist(), strict=True)
+    )
 
     def text_at(index: int) -> dict[str, Any]:
         shard = int(np.searchsorted(offsets, index, side="right") - 1)
@@ -470,14 +486,15 @@ def run_dedup(
         SerialExecutor(), "exact", exact_representatives, [files], seconds, log
     )[0]
     np.save(work / "exact_representative.npy", representative)
-    roots: dict[int, int] = {}
+    roots: Roots = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
     candidate_pairs = 0
     if cfg.method == "minhash":
         bands = [BandUnit(b, tuple(files), str(work)) for b in range(cfg.num_bands)]
         candidate_pairs = sum(timed_map(executor, "buckets", band_candidates, bands, seconds, log))
         edge_files = [work / f"edges-{b:03d}.npy" for b in range(cfg.num_bands)]
         edges = np.concatenate([np.load(p) for p in edge_files]) if edge_files else np.empty((0, 2))
-        roots = timed_map(SerialExecutor(), "components", component_roots, [edges], seconds, log)[0]
+        found = timed_map(SerialExecutor(), "components", component_arrays, [edges], seconds, log)
+        roots, edges = found[0], None
     decided = _decide(files, rows, first_current, representative, roots, work)
 
     if cfg.repeated_spans != "off":
@@ -490,7 +507,9 @@ def run_dedup(
     with pq.ParquetWriter(out_dir / DUPLICATES_FILE, DUPLICATES_SCHEMA) as writer:
         for unit in units:
             writer.write_table(pq.read_table(work / f"duplicates-{unit.index:05d}.parquet"))
-    examples = _near_examples(shards, first_current, representative, roots, rows) if roots else []
+    examples = (
+        _near_examples(shards, first_current, representative, roots, rows) if len(roots[0]) else []
+    )
     for folder in previous_generations:
         _link_or_copy(folder, out_dir / SIGNATURES_DIR / folder.name)
     (out_dir / SIGNATURES_DIR / generation).mkdir(parents=True, exist_ok=True)
@@ -527,7 +546,7 @@ def run_dedup(
     if cfg.method == "minhash":
         body["near_duplicates"] = {
             "candidate_pairs": candidate_pairs,
-            "documents_in_groups": len(roots),
+            "documents_in_groups": len(roots[0]),
             "threshold": round((1 / cfg.num_bands) ** (1 / cfg.rows_per_band), 3),
             "examples": examples,
         }

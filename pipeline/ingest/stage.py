@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
@@ -148,7 +149,9 @@ def run_ingest(
     extractors: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     chars = 0
-    seen_ids: set[bytes] = set()  # 12 bytes an id: refuses a record read twice
+    # a record read twice (a file listed by two sources, say) is refused: its later readings
+    repeated = _repeated_ids([Path(task.out_dir) for task in tasks])  # 1 byte a document
+    at = 0
     with (
         ShardWriter(out_dir, settings.max_docs_per_shard) as writer,
         Quarantine(out_dir) as quarantine,
@@ -166,13 +169,13 @@ def run_ingest(
             _copy_quarantine(unit_dir, quarantine)
             for path in shard_paths(unit_dir):
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
-                    for doc in batch.to_pylist():
-                        key = bytes.fromhex(doc["id"])
-                        if key in seen_ids:
+                    flags = repeated[at : at + batch.num_rows].tolist()
+                    at += batch.num_rows
+                    for doc, again in zip(batch.to_pylist(), flags, strict=True):
+                        if again:
                             _refuse_duplicate(doc, quarantine, by_source[name], languages)
                             chars -= len(doc["text"])
                             continue
-                        seen_ids.add(key)
                         writer.write(doc)
             example = result["example"]
             if example and len(examples) < MAX_EXAMPLES:
@@ -203,6 +206,31 @@ def run_ingest(
         },
         "examples": examples,
     }
+
+
+def _repeated_ids(unit_dirs: list[Path]) -> np.ndarray:
+    """For every document of the units' shards, in order: whether an earlier one has its id.
+
+    Ids are 24 hex digits (`document_id`). They are read one column at a time and held as
+    numbers, 12 bytes a document plus a sort's 8, where a Python set of them held ~90 bytes a
+    document for the whole merge (150 MB at 1.6 M documents); the first reading of an id wins.
+    """
+    high, low = [], []
+    for unit_dir in unit_dirs:
+        for path in shard_paths(unit_dir):
+            ids = pq.read_table(path, columns=["id"]).column(0).to_pylist()
+            raw = np.frombuffer(bytes.fromhex("".join(ids)), dtype=np.uint8).reshape(-1, 12)
+            high.append(raw[:, :8].copy().view(">u8").ravel().astype(np.uint64))
+            low.append(raw[:, 8:].copy().view(">u4").ravel().astype(np.uint32))
+    if not high:
+        return np.zeros(0, dtype=bool)
+    hi, lo = np.concatenate(high), np.concatenate(low)
+    del high, low
+    order = np.lexsort((np.arange(len(hi)), lo, hi))  # stable: equal ids in reading order
+    same = (hi[order][1:] == hi[order][:-1]) & (lo[order][1:] == lo[order][:-1])
+    repeated = np.zeros(len(hi), dtype=bool)
+    repeated[order[1:][same]] = True
+    return repeated
 
 
 def _copy_quarantine(unit_dir: Path, quarantine: Quarantine) -> None:
