@@ -30,6 +30,9 @@ Log = Callable[[str], None]
 
 class Executor(Protocol):
     workers: int
+    # Its units may run on other machines (no shared disk: with a work dir on object storage
+    # they meet through the store, pipeline/store_units.py).
+    remote: bool
 
     def map(self, fn: Callable[[Any], T], units: Sequence[Any]) -> list[T]: ...
 
@@ -37,6 +40,8 @@ class Executor(Protocol):
 class _Closing:
     """`with executor:` support; `close()` releases whatever workers an executor holds, and
     `close(stop=True)` stops them without waiting for their units."""
+
+    remote = False
 
     def close(self, stop: bool = False) -> None:
         pass
@@ -93,6 +98,8 @@ class DaskExecutor(_Closing):
     it leaves its worker's thread pool while it waits (`secede`/`rejoin`), so that its own
     worker can run units too instead of sitting idle.
     """
+
+    remote = True
 
     def __init__(self, client: Any):
         self.client = client

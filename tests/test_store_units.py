@@ -1,0 +1,161 @@
+"""The units of one stage on machines that share no disk, only an object store: moto's S3
+server on 127.0.0.1, and "machines" that are processes with different caches
+(`LLMPIPE_CACHE_DIR`).
+
+In: the quickstart sample in small shards, `workdir: s3://...`. Out: checks that ingest, clean
+and dedup give the same documents as one local process when their units run in worker
+processes of another cache (`StoreUnits` over a `ProcessExecutor`), and on a Dask cluster
+started the way a cluster is (`dask scheduler`, two `dask worker`s each with its own cache),
+the flow connecting by `execution.dask_address`: the units of other machines ran in their own
+caches (their staged parts are there), the flow process's cache got only complete outputs, and
+the store keeps no part once the outputs are published.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cluster_helpers import BUCKET, Cluster
+from cluster_helpers import s3_server as start_s3_server
+
+from pipeline.config import load_config
+from pipeline.dag import plan, run_stage, select
+from pipeline.documents import iter_documents
+from pipeline.outputs import MANIFEST
+from pipeline.parallel import ProcessExecutor
+from pipeline.quarantine import read_quarantine
+from pipeline.store import CACHE_ENV, open_workdir
+from pipeline.store_units import PARTS, StoreUnits
+
+pytest.importorskip("s3fs", reason="the object-store tests need s3fs (the dev extra)")
+pytest.importorskip("moto", reason="the object-store tests need moto[server] (the dev extra)")
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+DATA_STAGES = ["ingest", "clean", "dedup"]
+# Small shards and split files, so that each stage has several units of work.
+SMALL = [
+    "ingest.max_docs_per_shard=120",
+    "ingest.split_bytes=20000",
+    "dedup.repeated_spans=paragraphs",
+]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    with start_s3_server(tmp_path_factory.mktemp("moto")) as fs:
+        yield fs
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict[str, Path]:
+    """The data stages in this process, on a local work dir."""
+    config = load_config(QUICKSTART, [*SMALL, "execution.workers=1"])
+    outputs = {}
+    for planned in select(plan(config, tmp_path_factory.mktemp("local")), only=DATA_STAGES):
+        run_stage(planned, config, log=lambda _: None)
+        outputs[planned.name] = planned.output.path
+    return outputs
+
+
+def _same_documents(ours: Path, theirs: Path, name: str) -> None:
+    assert ours.name == theirs.name, name  # the same fingerprint: the same config
+    documents = list(iter_documents(ours))
+    assert documents, name
+    assert documents == list(iter_documents(theirs)), name
+    assert read_quarantine(ours) == read_quarantine(theirs), name
+    listed = sorted(p.name for p in ours.iterdir() if p.name != MANIFEST)
+    assert listed == sorted(p.name for p in theirs.iterdir() if p.name != MANIFEST), name
+
+
+def _hidden(cache: Path) -> list[str]:
+    """What a machine's cache holds beside complete outputs: partial, staged, unit folders."""
+    return sorted(
+        p.relative_to(cache).as_posix()
+        for p in cache.glob("work/*/*/.*")
+        if not p.name.endswith(".lease")
+    )
+
+
+def test_units_in_processes_of_another_cache_meet_through_the_store(
+    s3_server, one_process, tmp_path, monkeypatch
+):
+    url = f"s3://{BUCKET}/processes-{tmp_path.name}"
+    config = load_config(QUICKSTART, SMALL)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "stage-machine"))
+    work = open_workdir(url)
+    # The worker processes start (spawn) on the first map, with this environment: another cache.
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "unit-machine"))
+    with ProcessExecutor(2) as processes:
+        for planned in select(plan(config, work.local), only=DATA_STAGES):
+            executor = StoreUnits(processes, work.store, planned.output)
+            result = run_stage(
+                planned, config, log=lambda _: None, executor=executor, store=work.store
+            )
+            units = result.details.get("phases", result.stats)["units"]
+            assert units > 1, planned.name
+            assert executor.parts, planned.name  # the units' parts went through the store
+            _same_documents(planned.output.path, one_process[planned.name], planned.name)
+            prefix = f"{work.store.root}/{planned.name}/{planned.output.fingerprint}"
+            assert s3_server.exists(f"{prefix}/{MANIFEST}")
+            assert not s3_server.exists(f"{prefix}/{PARTS}")  # gone once published
+    units_cache = next((tmp_path / "unit-machine" / "work").iterdir())
+    for name in DATA_STAGES:  # the units ran there, in their own cache
+        assert list((units_cache / name).glob(".staged-*.parts")), name
+        assert not list((units_cache / name).glob(".partial-*")), name
+
+
+@pytest.mark.dask
+@pytest.mark.slow  # ~1 min: .ci/run runs it
+def test_data_stages_on_a_cluster_without_a_shared_disk(
+    s3_server, one_process, tmp_path, monkeypatch
+):
+    from flows.pipeline import pipeline_flow
+
+    url = f"s3://{BUCKET}/cluster-{tmp_path.name}"
+    caches = {name: tmp_path / f"cache-{name}" for name in ("w0", "w1")}
+    cluster = Cluster(
+        tmp_path / "cluster",
+        worker_env={name: {CACHE_ENV: str(path)} for name, path in caches.items()},
+    )
+    try:
+        cluster.wait(2)
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache-flow"))
+        summary = pipeline_flow(
+            QUICKSTART,
+            workdir=url,
+            overrides=[
+                *SMALL,
+                "execution.runner=dask",
+                f"execution.dask_address={cluster.address}",
+            ],
+            only=DATA_STAGES,
+        )
+    except BaseException:
+        print(cluster.log_tail())
+        raise
+    finally:
+        cluster.stop()
+    root = url.removeprefix("s3://")
+    for name in DATA_STAGES:
+        result = summary["stages"][name]
+        if name != "ingest":  # ingest's units are in its stats
+            assert result["phases"]["units"] > 1, name
+            assert result["phases"]["executor"] == "StoreUnits(2)", name
+        # The flow process's cache: the complete output, pulled from the store.
+        output = Path(result["output"])
+        assert output.is_relative_to(tmp_path / "cache-flow")
+        _same_documents(output, one_process[name], name)
+        prefix = f"{root}/{name}/{result['fingerprint']}"
+        assert s3_server.exists(f"{prefix}/{MANIFEST}")
+        assert not s3_server.exists(f"{prefix}/{PARTS}")  # gone once published
+        # Units ran on the machine that did not run the stage, in its own cache: they pulled
+        # the stage's staged parts there and pushed theirs to the store.
+        fingerprint = result["fingerprint"]
+        staged = [
+            c for c in caches.values() if list(c.glob(f"work/*/{name}/.staged-{fingerprint}.parts"))
+        ]
+        assert staged, f"{name}: no unit ran outside the stage's machine"
+    # Nothing of a stage in progress ever reached the flow process's cache.
+    assert _hidden(tmp_path / "cache-flow") == []
