@@ -131,7 +131,11 @@ def make_executor(workers: int) -> SerialExecutor | ProcessExecutor:
 
 
 def describe(executor: Executor) -> str:
-    """'ProcessExecutor(2)', for a manifest: what ran the units (it does not change them)."""
+    """'ProcessExecutor(2)', for a manifest: what ran the units (it does not change them);
+    'StoreUnits(DaskExecutor(2))' for one that wraps another."""
+    inner = getattr(executor, "inner", None)
+    if inner is not None:
+        return f"{type(executor).__name__}({describe(inner)})"
     return f"{type(executor).__name__}({executor.workers})"
 
 

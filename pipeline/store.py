@@ -19,9 +19,11 @@ without a manifest: a partial output, which no reader takes for complete; the ne
 those leftovers and writes the output again. A pull downloads into a hidden folder beside the
 output, manifest last, and renames it into place, so a crashed pull leaves nothing complete.
 
-Not on the store (yet): a stage's scratch (the units of one stage that Dask spreads over several
-machines write into that stage's folder on the machine running the stage: they need a shared
-file system for it), leases (two machines that start one output at once both compute it and
+The units of one stage that Dask spreads over several machines meet through the store too:
+each pushes its part under `<output>/_parts/` with a marker last, and the stage's machine merges
+the marked parts (pipeline/store_units.py); `push` deletes them with any other leftover.
+
+Not on the store (yet): leases (two machines that start one output at once both compute it and
 both push the same files; a lease there needs a conditional put), an incremental run's record
 (refused: `check_workdir`), and MLflow's own database (use a tracking server).
 """

@@ -142,7 +142,7 @@ def test_data_stages_on_a_cluster_without_a_shared_disk(
         result = summary["stages"][name]
         if name != "ingest":  # ingest's units are in its stats
             assert result["phases"]["units"] > 1, name
-            assert result["phases"]["executor"] == "StoreUnits(2)", name
+            assert result["phases"]["executor"] == "StoreUnits(DaskExecutor(2))", name
         # The flow process's cache: the complete output, pulled from the store.
         output = Path(result["output"])
         assert output.is_relative_to(tmp_path / "cache-flow")
