@@ -38,7 +38,7 @@ import dataclasses
 import json
 import os
 import shutil
-import threading
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,18 +92,27 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
         return {}
     out = {}
     for path in folder.rglob("*"):
-        if path.is_file():
+        try:
             stat = path.stat()
+        except FileNotFoundError:  # replaced meanwhile (another unit of this machine)
+            continue
+        if path.is_file():
             out[path.relative_to(folder).as_posix()] = (stat.st_size, stat.st_mtime_ns)
     return out
 
 
-def _get(store: OutputStore, remote: str, target: Path) -> None:
-    """Download `remote` to `target` whole: into a hidden file beside it, then renamed."""
+def _get(store: OutputStore, remote: str, target: Path, scratch: Path) -> None:
+    """Download `remote` to `target` whole: into a temporary file in `scratch` (outside the
+    folder that other units of this machine may be listing), then renamed into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.get")
-    store.fs.get_file(remote, str(tmp))
-    os.replace(tmp, target)
+    handle, tmp = tempfile.mkstemp(dir=scratch, prefix=".get-")
+    os.close(handle)
+    try:
+        store.fs.get_file(remote, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _part_prefix(store: OutputStore, output: StageOutput, key: str) -> str:
@@ -131,7 +140,7 @@ def pull_part(store: OutputStore, output: StageOutput, key: str, folder: Path) -
     except FileNotFoundError:
         raise RuntimeError(f"{store.url}: part {key} of {output.stage} has no marker") from None
     for rel in marker["files"]:
-        _get(store, f"{prefix}/{rel}", folder / rel)
+        _get(store, f"{prefix}/{rel}", folder / rel, folder.parent)
     return marker["files"]
 
 
@@ -196,7 +205,9 @@ def run_unit(job: StoreUnit) -> tuple[Any, bool]:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(staged / rel, target)
-        except OSError:
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links here (another file system): a copy
             shutil.copy2(staged / rel, target)
     before = _snapshot(private)
     result = job.fn(unit)

@@ -70,11 +70,11 @@ def _same_documents(ours: Path, theirs: Path, name: str) -> None:
 
 
 def _hidden(cache: Path) -> list[str]:
-    """What a machine's cache holds beside complete outputs: partial, staged, unit folders."""
+    """What a machine's cache holds of a stage in progress: partial, staged, unit folders."""
     return sorted(
         p.relative_to(cache).as_posix()
-        for p in cache.glob("work/*/*/.*")
-        if not p.name.endswith(".lease")
+        for prefix in (".partial-", ".staged-", ".units-")
+        for p in cache.glob(f"work/*/*/{prefix}*")
     )
 
 
