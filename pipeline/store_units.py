@@ -15,10 +15,10 @@ cache (`run_unit`):
   files the stage machine wrote itself, and earlier units' parts) into `.staged-<fingerprint>`
   beside the partial folder, once per machine, and links them into a private folder of its own;
 - runs with its paths rewritten to that folder (with the partial folder's folders, empty ones
-  too), and pushes what it wrote there to the store
-  under `<output on the store>/_parts/<map>-<unit>/`, the part's marker `_part.json` (the list
-  of its files) last: a part without its marker (a unit that died pushing) is never merged,
-  and a rerun of the unit deletes it and pushes the part again.
+  too), and pushes what it wrote there to the store under
+  `<output on the store>/_parts/<attempt>-m<map>-u<unit>/`, the part's marker `_part.json`
+  (the list of its files) last: a part without its marker (a unit that died pushing) is never
+  merged, and a rerun of the unit deletes it and pushes the part again.
 
 After each map the stage machine merges the remote units' parts, marker first read, into its
 partial folder; before each map it pushes as a part of its own whatever it wrote there since
@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -154,7 +155,7 @@ class StoreUnit:
     origin: str  # the stage machine's cache of it
     stage: str
     fingerprint: str
-    key: str  # this unit's part: `m<map>-u<unit>`
+    key: str  # this unit's part: `<attempt>-m<map>-u<unit>`
     parts: tuple[str, ...]  # the staged parts so far, in order
     folders: tuple[str, ...] = ()  # the partial folder's folders (an empty one too)
 
@@ -234,6 +235,9 @@ class StoreUnits(_Closing):
         self.store = store
         self.output = output
         self.maps = 0
+        # Parts of this attempt only: a unit of an earlier attempt of the stage (its machine
+        # lost, Dask ran the stage's task again elsewhere) may still push its part late.
+        self.attempt = uuid.uuid4().hex[:8]
         self.parts: list[str] = []  # staged on the store so far, in order
         self.known: dict[str, tuple[int, int]] = {}  # partial folder files as staged
 
@@ -242,7 +246,7 @@ class StoreUnits(_Closing):
             return []
         number = self.maps
         self.maps += 1
-        self._push_own(f"m{number:03d}-stage")
+        self._push_own(f"{self.attempt}-m{number:03d}-stage")
         partial = self.output.partial
         folders = tuple(
             sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*") if p.is_dir())
@@ -255,7 +259,7 @@ class StoreUnits(_Closing):
                 str(self.store.local),
                 self.output.stage,
                 self.output.fingerprint,
-                f"m{number:03d}-u{index:05d}",
+                f"{self.attempt}-m{number:03d}-u{index:05d}",
                 tuple(self.parts),
                 folders,
             )
