@@ -2,7 +2,9 @@
 server on 127.0.0.1, and "machines" that are processes with different caches
 (`LLMPIPE_CACHE_DIR`).
 
-In: the quickstart sample in small shards, `workdir: s3://...`. Out: checks that ingest, clean
+In: a unit's part, a unit's paths; the quickstart sample in small shards, `workdir: s3://...`.
+Out: checks that a part without its marker is never merged and that a unit's rerun replaces its
+part; that a unit's paths are rewritten and nothing else; that ingest, clean
 and dedup give the same documents as one local process when their units run in worker
 processes of another cache (`StoreUnits` over a `ProcessExecutor`), and on a Dask cluster
 started the way a cluster is (`dask scheduler`, two `dask worker`s each with its own cache),
@@ -22,11 +24,11 @@ from cluster_helpers import s3_server as start_s3_server
 from pipeline.config import load_config
 from pipeline.dag import plan, run_stage, select
 from pipeline.documents import iter_documents
-from pipeline.outputs import MANIFEST
+from pipeline.outputs import MANIFEST, StageOutput
 from pipeline.parallel import ProcessExecutor
 from pipeline.quarantine import read_quarantine
 from pipeline.store import CACHE_ENV, open_workdir
-from pipeline.store_units import PARTS, StoreUnits
+from pipeline.store_units import PARTS, StoreUnits, pull_part, push_part, rewrite
 
 pytest.importorskip("s3fs", reason="the object-store tests need s3fs (the dev extra)")
 pytest.importorskip("moto", reason="the object-store tests need moto[server] (the dev extra)")
@@ -76,6 +78,51 @@ def _hidden(cache: Path) -> list[str]:
         for prefix in (".partial-", ".staged-", ".units-")
         for p in cache.glob(f"work/*/*/{prefix}*")
     )
+
+
+def test_a_part_is_merged_only_with_its_marker_and_a_rerun_replaces_it(
+    s3_server, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "machine"))
+    work = open_workdir(f"s3://{BUCKET}/parts-{tmp_path.name}")
+    output = StageOutput(work.local, "clean", "a" * 16)
+    unit = tmp_path / "unit"
+    (unit / "sub").mkdir(parents=True)
+    (unit / "sub" / "part-1.parquet").write_bytes(b"one")
+    (unit / "stale.txt").write_bytes(b"from a unit that died pushing")
+    # A unit that died pushing: files on the store, no marker. Never merged.
+    prefix = f"{work.store.root}/clean/{'a' * 16}/{PARTS}/m000-u00001"
+    s3_server.put_file(str(unit / "stale.txt"), f"{prefix}/stale.txt")
+    with pytest.raises(RuntimeError, match="m000-u00001 of clean has no marker"):
+        pull_part(work.store, output, "m000-u00001", tmp_path / "merged")
+    # Its rerun deletes the leftovers, pushes its files, then the marker.
+    push_part(work.store, output, "m000-u00001", unit, ["sub/part-1.parquet"])
+    assert not s3_server.exists(f"{prefix}/stale.txt")
+    assert pull_part(work.store, output, "m000-u00001", tmp_path / "merged") == [
+        "sub/part-1.parquet"
+    ]
+    assert (tmp_path / "merged" / "sub" / "part-1.parquet").read_bytes() == b"one"
+    assert not (tmp_path / "merged" / "stale.txt").exists()
+
+
+def test_rewrite_maps_the_paths_of_a_unit_and_nothing_else(tmp_path):
+    from pipeline.clean.stage import CleanUnit
+    from pipeline.config import CleanConfig
+
+    here, there = tmp_path / "a", tmp_path / "b"
+    unit = CleanUnit(3, str(here / "ingest" / "f" / "s.parquet"), str(here / "x"), CleanConfig())
+
+    def move(path: str) -> str | None:
+        return path.replace(str(here), str(there)) if path.startswith(f"{here}/") else None
+
+    moved = rewrite(
+        {"unit": unit, "files": (str(here / "y"), Path(here / "z"), "hello", str(tmp_path))}, move
+    )
+    assert moved["unit"] == CleanUnit(
+        3, str(there / "ingest" / "f" / "s.parquet"), str(there / "x"), unit.config
+    )
+    assert moved["files"] == (str(there / "y"), there / "z", "hello", str(tmp_path))
+    assert rewrite(unit, lambda _: None) is unit  # nothing to change: the same object
 
 
 def test_units_in_processes_of_another_cache_meet_through_the_store(
