@@ -29,7 +29,8 @@ leftover. A unit on the stage machine's own cache runs as it is: nothing goes th
 Limits: a unit must write new files (a file it rewrites in place would write through the link
 into the machine's staged copy); a file deleted between maps stays in the staged copies; a
 worker machine pulls all the staged parts of a stage, not only those its unit reads, and keeps
-its `.staged-*` folder in its cache.
+them in its cache (`.staged-*`) until a unit there reads the published output (the last
+stage's stay).
 """
 
 from __future__ import annotations
@@ -145,6 +146,13 @@ def pull_part(store: OutputStore, output: StageOutput, key: str, folder: Path) -
     return marker["files"]
 
 
+def _forget_staging(stage_dir: Path, fingerprint: str) -> None:
+    """Remove what units of a published output left in this machine's cache."""
+    for name in (f".staged-{fingerprint}", f".staged-{fingerprint}.parts"):
+        shutil.rmtree(stage_dir / name, ignore_errors=True)
+    shutil.rmtree(stage_dir / f".units-{fingerprint}", ignore_errors=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreUnit:
     """One unit of work as it travels to a worker: what to run on what, and where it meets."""
@@ -190,6 +198,7 @@ def run_unit(job: StoreUnit) -> tuple[Any, bool]:
     for stage, fingerprint in sorted(upstream):
         if not store.pull(StageOutput(local, stage, fingerprint)):
             raise RuntimeError(f"{job.url}: {stage}/{fingerprint} is not complete on the store")
+        _forget_staging(local / stage, fingerprint)  # that stage is done: its staging too
     staged = stage_dir / f".staged-{job.fingerprint}"
     applied = stage_dir / f".staged-{job.fingerprint}.parts"
     applied.mkdir(parents=True, exist_ok=True)
