@@ -11,7 +11,8 @@ a Prefect task on a Dask worker; inside, `prefect_dask.get_dask_client()` gives 
 same cluster and the stage's units are mapped over all its workers (`DaskExecutor`). Other
 stages (training launches its own process) run in the flow's process as before. Stage outputs
 are files: a remote cluster's workers need the work dir on a shared file system or on object
-storage (`workdir: s3://...`, pipeline/store.py: each worker pulls and pushes outputs).
+storage (`workdir: s3://...`, pipeline/store.py: each worker pulls and pushes outputs, and the
+units of one stage push their parts, pipeline/store_units.py).
 `dashboard_link` gives the cluster's Dask dashboard, which the flow links as a Prefect artifact.
 """
 

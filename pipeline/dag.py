@@ -173,6 +173,11 @@ def run_stage(
     ) as partial:
         if output.complete():  # another run finished it while we waited for the lease
             return _reused(output)
+        executor = executor or SerialExecutor()
+        if store is not None and getattr(executor, "remote", False):
+            from pipeline.store_units import StoreUnits
+
+            executor = StoreUnits(executor, store, output)  # its units meet through the store
         ctx = StageContext(
             config=config,
             inputs={name: up.path for name, up in planned.upstream.items()},
@@ -180,7 +185,7 @@ def run_stage(
             tracking_uri=tracking_uri,
             mlflow_run_id=mlflow_run_id,
             log=log,
-            executor=executor or SerialExecutor(),
+            executor=executor,
             fingerprint=output.fingerprint,
         )
         result = planned.stage.run(ctx)

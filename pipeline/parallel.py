@@ -30,6 +30,9 @@ Log = Callable[[str], None]
 
 class Executor(Protocol):
     workers: int
+    # Its units may run on other machines (no shared disk: with a work dir on object storage
+    # they meet through the store, pipeline/store_units.py).
+    remote: bool
 
     def map(self, fn: Callable[[Any], T], units: Sequence[Any]) -> list[T]: ...
 
@@ -37,6 +40,8 @@ class Executor(Protocol):
 class _Closing:
     """`with executor:` support; `close()` releases whatever workers an executor holds, and
     `close(stop=True)` stops them without waiting for their units."""
+
+    remote = False
 
     def close(self, stop: bool = False) -> None:
         pass
@@ -94,6 +99,8 @@ class DaskExecutor(_Closing):
     worker can run units too instead of sitting idle.
     """
 
+    remote = True
+
     def __init__(self, client: Any):
         self.client = client
         threads = client.nthreads() if hasattr(client, "nthreads") else {}
@@ -124,7 +131,11 @@ def make_executor(workers: int) -> SerialExecutor | ProcessExecutor:
 
 
 def describe(executor: Executor) -> str:
-    """'ProcessExecutor(2)', for a manifest: what ran the units (it does not change them)."""
+    """'ProcessExecutor(2)', for a manifest: what ran the units (it does not change them);
+    'StoreUnits(DaskExecutor(2))' for one that wraps another."""
+    inner = getattr(executor, "inner", None)
+    if inner is not None:
+        return f"{type(executor).__name__}({describe(inner)})"
     return f"{type(executor).__name__}({executor.workers})"
 
 

@@ -17,11 +17,14 @@ Publication: object stores have no rename. An output is pushed file by file and 
 disk, an output is complete exactly when its manifest is there. A crashed push leaves files
 without a manifest: a partial output, which no reader takes for complete; the next push deletes
 those leftovers and writes the output again. A pull downloads into a hidden folder beside the
-output, manifest last, and renames it into place, so a crashed pull leaves nothing complete.
+output, manifest last, and renames it into place, so a crashed pull leaves nothing complete;
+the processes of one machine pull an output one at a time (a lock file beside it).
 
-Not on the store (yet): a stage's scratch (the units of one stage that Dask spreads over several
-machines write into that stage's folder on the machine running the stage: they need a shared
-file system for it), leases (two machines that start one output at once both compute it and
+The units of one stage that Dask spreads over several machines meet through the store too:
+each pushes its part under `<output>/_parts/` with a marker last, and the stage's machine merges
+the marked parts (pipeline/store_units.py); `push` deletes them with any other leftover.
+
+Not on the store (yet): leases (two machines that start one output at once both compute it and
 both push the same files; a lease there needs a conditional put), an incremental run's record
 (refused: `check_workdir`), and MLflow's own database (use a tracking server).
 """
@@ -31,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,22 +121,25 @@ class OutputStore:
             return True
         if not self.complete(output):
             return False
-        prefix = self._prefix(output)
-        files = sorted(
-            self.fs.find(prefix), key=lambda p: (p.endswith("/" + MANIFEST), p)
-        )  # manifest last
-        staging = output.path.parent / f".pull-{output.fingerprint}-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        for remote in files:
-            target = staging / remote[len(prefix) + 1 :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(remote, str(target))
-        if output.complete():  # another process of this machine pulled it meanwhile
+        output.path.parent.mkdir(parents=True, exist_ok=True)
+        # One pull of an output at a time on this machine (the units of a stage on one worker
+        # pull the same upstream output at once): the others wait, then find it complete.
+        with _file_lock(output.path.parent / f".{output.fingerprint}.pull"):
+            if output.complete():
+                return True
+            prefix = self._prefix(output)
+            files = sorted(
+                self.fs.find(prefix), key=lambda p: (p.endswith("/" + MANIFEST), p)
+            )  # manifest last
+            staging = output.path.parent / f".pull-{output.fingerprint}-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
-            return True
-        if output.path.exists():  # an incomplete folder: never published
-            shutil.rmtree(output.path)
-        os.replace(staging, output.path)
+            for remote in files:
+                target = staging / remote[len(prefix) + 1 :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(remote, str(target))
+            if output.path.exists():  # an incomplete folder: never published
+                shutil.rmtree(output.path)
+            os.replace(staging, output.path)
         return True
 
     def push(self, output: StageOutput) -> None:
@@ -147,6 +155,19 @@ class OutputStore:
         for path in files:
             self.fs.put_file(str(path), f"{prefix}/{path.relative_to(output.path).as_posix()}")
         self.fs.put_file(str(output.path / MANIFEST), f"{prefix}/{MANIFEST}")
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (made if need be), for the processes of this machine."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass(frozen=True)

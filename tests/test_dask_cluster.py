@@ -13,19 +13,16 @@ runs the stage's task itself (Dask runs the task again elsewhere; it takes over 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from cluster_helpers import Cluster
 
 from flows.pipeline import pipeline_flow
-from flows.stack import free_port
 from pipeline.config import load_config
 from pipeline.dag import plan, run_stage, select
 from pipeline.documents import iter_documents
@@ -38,65 +35,6 @@ DATA_STAGES = ["ingest", "clean", "dedup"]
 # Small shards, so that each stage has several units of work to spread over the workers.
 SMALL_SHARDS = ["ingest.max_docs_per_shard=120", "dedup.repeated_spans=paragraphs"]
 CLEAN_UNIT = "clean_shard"  # the clean stage's unit function: its Dask keys start so
-
-
-class Cluster:
-    """A scheduler and its workers, each its own process group (a worker's nanny and the
-    worker process die together: a lost machine)."""
-
-    def __init__(self, root: Path, workers: int = 2):
-        self.port, self.dashboard_port = free_port(), free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}/status"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-        self.logs = root / "logs"
-        self.logs.mkdir(parents=True)
-        common = dict(cwd=root, env=env, start_new_session=True, stderr=subprocess.STDOUT)
-        scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-        scheduler += ["--host", "127.0.0.1", "--port", str(self.port)]
-        scheduler += ["--dashboard-address", f"127.0.0.1:{self.dashboard_port}"]
-        self.scheduler = subprocess.Popen(
-            scheduler, stdout=(self.logs / "scheduler.log").open("w"), **common
-        )
-        self.workers: dict[str, subprocess.Popen] = {}
-        for i in range(workers):
-            name = f"w{i}"
-            command = [sys.executable, "-m", "distributed.cli.dask_worker", self.address]
-            command += ["--nthreads", "1", "--name", name, "--host", "127.0.0.1"]
-            command += ["--no-dashboard", "--local-directory", str(root / name)]
-            self.workers[name] = subprocess.Popen(
-                command, stdout=(self.logs / f"{name}.log").open("w"), **common
-            )
-
-    def client(self):
-        from distributed import Client
-
-        return Client(self.address, timeout=60, set_as_default=False)
-
-    def wait(self, workers: int) -> None:
-        with self.client() as client:
-            client.wait_for_workers(workers, timeout=120)
-
-    def kill(self, name: str) -> None:
-        os.killpg(self.workers[name].pid, signal.SIGKILL)
-        self.workers[name].wait()
-
-    def stop(self) -> None:
-        for process in [*self.workers.values(), self.scheduler]:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in [*self.workers.values(), self.scheduler]:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def log_tail(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:]
-            for p in sorted(self.logs.iterdir())
-        )
 
 
 @pytest.fixture

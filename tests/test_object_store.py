@@ -12,16 +12,12 @@ fully cached from the store, except for an output whose manifest is gone, which 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from cluster_helpers import BUCKET
+from cluster_helpers import s3_server as start_s3_server
 
-from flows.stack import free_port
 from pipeline.config import ConfigError
 from pipeline.outputs import MANIFEST, StageOutput, StageResult, building, publish
 from pipeline.store import CACHE_ENV, check_workdir, open_workdir
@@ -31,52 +27,12 @@ pytest.importorskip("moto", reason="the object-store tests need moto[server] (th
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
-BUCKET = "llmpipe-test"
 
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
-    """moto's S3 server on 127.0.0.1, and the environment every S3 client here reads."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=2).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "MLFLOW_S3_ENDPOINT_URL": endpoint,  # MLflow's artifact client
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    fs = s3fs.S3FileSystem()
-    fs.mkdir(BUCKET)
-    try:
+    with start_s3_server(tmp_path_factory.mktemp("moto")) as fs:
         yield fs
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.terminate()
-        server.wait(timeout=20)
 
 
 def _small_output(work, name: str = "toy") -> StageOutput:
