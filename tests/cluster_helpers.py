@@ -121,6 +121,9 @@ def s3_server(root: Path) -> Iterator:
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # fsspec caches file systems by their arguments, not by the environment: one made for an
+    # earlier server (another test module) would still talk to that server's dead port
+    s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem()
     fs.mkdir(BUCKET)
     try:
@@ -131,5 +134,6 @@ def s3_server(root: Path) -> Iterator:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        s3fs.S3FileSystem.clear_instance_cache()
         server.terminate()
         server.wait(timeout=20)

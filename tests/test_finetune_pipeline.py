@@ -337,8 +337,10 @@ def test_an_increment_of_a_finetune_pipeline_pretrains_from_the_champions_pretra
 
     _, first, _ = runs
     config = load_config(CONFIG, SHRINK)
-    start = _champion(config, first["tracking_uri"])
-    assert start == str(Path(first["stages"]["pretrain"]["output"]) / "final")
+    pretrained = first["stages"]["pretrain"]["output"]
+    start, state_from = _champion(config, first["tracking_uri"])
+    assert start == str(Path(pretrained) / "final")
+    assert state_from == pretrained  # where the optimizer state to carry over lives
     plain = load_config(CONFIG, [*SHRINK, "finetune.tasks=[]"])
     version = first["stages"]["register"]["registered"]["version"]
-    assert _champion(plain, first["tracking_uri"]) == f"models:/ft-e2e/{version}"
+    assert _champion(plain, first["tracking_uri"]) == (f"models:/ft-e2e/{version}", pretrained)
