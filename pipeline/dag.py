@@ -14,16 +14,20 @@ Orchestrators (flows/) call these.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
+from pipeline.leases import lease
 from pipeline.outputs import StageOutput, StageResult, building, fingerprint, publish
 from pipeline.parallel import Executor, SerialExecutor
 from pipeline.stages import BY_NAME, STAGE_NAMES, STAGES
 from pipeline.stages.base import Log, Stage, StageContext
 from pipeline.store import OutputStore
+from pipeline.store_lease import store_lease
 
 LEASE_WAIT_SECONDS = 24 * 3600  # how long a run waits for another run's stage to finish
 
@@ -166,38 +170,61 @@ def run_stage(
             f"(expected under {', '.join(str(planned.upstream[m].path) for m in missing)}); run them first"
         )
     started = time.time()
-    # Another run writing this very output (two runs of one deployment): wait for it, then
-    # reuse what it published; a gone run's lease is taken over (pipeline.outputs.lease).
-    with building(
-        output, keep_partial=planned.stage.keep_partial, wait_seconds=LEASE_WAIT_SECONDS, log=log
-    ) as partial:
-        if output.complete():  # another run finished it while we waited for the lease
+    with _store_lease(store, output, log):
+        if store is not None and store.pull(output):  # another machine pushed it meanwhile
             return _reused(output)
-        executor = executor or SerialExecutor()
-        if store is not None and getattr(executor, "remote", False):
-            from pipeline.store_units import StoreUnits
-
-            executor = StoreUnits(executor, store, output)  # its units meet through the store
-        ctx = StageContext(
-            config=config,
-            inputs={name: up.path for name, up in planned.upstream.items()},
-            out=partial,
-            tracking_uri=tracking_uri,
-            mlflow_run_id=mlflow_run_id,
+        # Another run writing this very output (two runs of one deployment): wait for it, then
+        # reuse what it published; a gone run's lease is taken over (pipeline.outputs.lease).
+        with building(
+            output,
+            keep_partial=planned.stage.keep_partial,
+            wait_seconds=LEASE_WAIT_SECONDS,
             log=log,
-            executor=executor,
-            fingerprint=output.fingerprint,
-        )
-        result = planned.stage.run(ctx)
-        result.config = planned.config
-        result.inputs = {name: up.fingerprint for name, up in planned.upstream.items()}
-        result.code_version = planned.stage.version
-        result.seconds = round(time.time() - started, 3)
-        result.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        publish(output, result)
-    if store is not None:
-        store.push(output)
+        ) as partial:
+            if output.complete():  # another run finished it while we waited for the lease
+                return _reused(output)
+            executor = executor or SerialExecutor()
+            if store is not None and getattr(executor, "remote", False):
+                from pipeline.store_units import StoreUnits
+
+                executor = StoreUnits(executor, store, output)  # its units meet through the store
+            ctx = StageContext(
+                config=config,
+                inputs={name: up.path for name, up in planned.upstream.items()},
+                out=partial,
+                tracking_uri=tracking_uri,
+                mlflow_run_id=mlflow_run_id,
+                log=log,
+                executor=executor,
+                fingerprint=output.fingerprint,
+            )
+            result = planned.stage.run(ctx)
+            result.config = planned.config
+            result.inputs = {name: up.fingerprint for name, up in planned.upstream.items()}
+            result.code_version = planned.stage.version
+            result.seconds = round(time.time() - started, 3)
+            result.finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            publish(output, result)
+        if store is not None:
+            store.push(output)
     return output.result()
+
+
+@contextmanager
+def _store_lease(store: OutputStore | None, output: StageOutput, log: Log) -> Iterator[None]:
+    """Hold the output's lease on the store while it is computed and pushed, so that two
+    machines that start it at once do not both compute it (pipeline/store_lease.py)."""
+    place = store_lease(store, output) if store is not None else None
+    if place is None:
+        if store is not None:
+            log(
+                f"{store.url}: this store keeps no leases (conditional writes: s3:// only); "
+                "machines that start this stage at once each compute it"
+            )
+        yield
+        return
+    with lease(place, LEASE_WAIT_SECONDS, log):
+        yield
 
 
 def _reused(output: StageOutput) -> StageResult:

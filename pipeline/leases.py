@@ -1,7 +1,8 @@
 """Leases on stage outputs: which process is writing one, and taking over from a gone owner.
 
-In: the lease file's path (`StageOutput.lease`). Out: `lease(...)`, a context manager that holds
-the file while a stage writes its output. The file names its owner beyond a PID (host, boot id,
+In: the lease file's path (`StageOutput.lease`), or another place that keeps a lease the same
+way (an object on the store: pipeline/store_lease.py). Out: `lease(...)`, a context manager that
+holds it while a stage writes its output. The lease names its owner beyond a PID (host, boot id,
 PID namespace, PID and process start time) and is touched as a heartbeat; a lease whose owner is
 gone (exited, its PID reused after a container restart, the machine rebooted, or no heartbeat
 for LEASE_STALE_SECONDS) is taken over at once, with a log line saying why. A live owner's lease
@@ -124,29 +125,62 @@ def describe_owner(owner: dict[str, Any] | None, heartbeat_age: float) -> str:
     )
 
 
-def _read_lease(path: Path) -> tuple[str, dict[str, Any] | None, float] | None:
-    """(raw text, owner, heartbeat age in seconds), or None when there is no lease."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    try:
-        owner = json.loads(text)
-    except ValueError:
-        owner = None
-    return text, owner if isinstance(owner, dict) else None, max(age, 0.0)
+class LeaseFile:
+    """A lease kept in a local file: created by a hard link (exclusive), removed under a folder
+    lock only while it still holds what was read, touched as a heartbeat."""
 
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = str(path)
 
-def _create_exclusive(path: Path, text: str) -> None:
-    """Create `path` holding `text`, or raise FileExistsError: written aside, then hard-linked
-    into place, so no reader ever sees a lease without its owner."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    def create(self, text: str) -> bool:
+        """Create the lease holding `text`; False when one is there. Written aside, then
+        hard-linked into place, so no reader ever sees a lease without its owner."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read(self) -> tuple[str, float] | None:
+        """(its text, heartbeat age in seconds), or None when there is no lease."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return text, max(age, 0.0)
+
+    def take_over(self, held: str, text: str) -> bool:
+        """Replace the stale lease that holds `held` by ours; False when another run changed
+        it first (two runs that both found it stale: one of them gets it)."""
+        return self.release(held) and self.create(text)
+
+    def beat(self, text: str) -> bool:
+        """Touch the lease while it is still ours; False once it is not."""
+        try:
+            if self.path.read_text(encoding="utf-8") != text:
+                return False
+            os.utime(self.path)
+            return True
+        except OSError:
+            return False
+
+    def release(self, text: str) -> bool:
+        """Remove the lease only if it still holds `text`."""
+        with _folder_lock(self.path.parent):
+            try:
+                if self.path.read_text(encoding="utf-8") != text:
+                    return False
+            except FileNotFoundError:
+                return False
+            self.path.unlink()
+            return True
 
 
 @contextmanager
@@ -162,36 +196,19 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _remove_if_unchanged(path: Path, text: str) -> bool:
-    """Remove the lease only if it still holds `text`: two runs that both found it stale must
-    not remove the lease one of them has just taken."""
-    with _folder_lock(path.parent):
-        try:
-            if path.read_text(encoding="utf-8") != text:
-                return False
-        except FileNotFoundError:
-            return False
-        path.unlink()
-        return True
-
-
 class _Heartbeat:
-    """Touches the lease file every LEASE_HEARTBEAT_SECONDS while its owner works."""
+    """Beats the lease every LEASE_HEARTBEAT_SECONDS while its owner works."""
 
-    def __init__(self, path: Path, text: str):
-        self.path, self.text = path, text
+    def __init__(self, place: LeaseFile, text: str):
+        self.place, self.text = place, text
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self.thread.start()
 
     def _beat(self) -> None:
         while not self.stopped.wait(LEASE_HEARTBEAT_SECONDS):
-            try:
-                if self.path.read_text(encoding="utf-8") != self.text:
-                    return  # no longer ours
-                os.utime(self.path)
-            except OSError:
-                return
+            if not self.place.beat(self.text):
+                return  # no longer ours
 
     def stop(self) -> None:
         self.stopped.set()
@@ -202,53 +219,62 @@ def _quiet(message: str) -> None:
     pass
 
 
+def _owner_of(text: str) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
 @contextmanager
 def lease(
-    path: Path, wait_seconds: float = 0.0, log: Callable[[str], None] = _quiet
+    path: Path | LeaseFile, wait_seconds: float = 0.0, log: Callable[[str], None] = _quiet
 ) -> Iterator[None]:
-    """Hold an exclusive lease file while the block runs; take over a gone owner's lease.
+    """Hold an exclusive lease while the block runs; take over a gone owner's lease.
 
-    The lease names its owner (`lease_owner()`) and is touched as a heartbeat while held. A live
-    owner's lease raises `LeaseHeld`, or with `wait_seconds` is waited for (two pipeline runs
-    that meet on one stage: the second waits, then finds the output complete); `log` says what
-    is waited for, and which stale lease was taken over and why.
+    `path` is a lease file's path, or a place that keeps a lease the same way (`LeaseFile`'s
+    methods; pipeline/store_lease.py keeps one on object storage). The lease names its owner
+    (`lease_owner()`) and beats as a heartbeat while held. A live owner's lease raises
+    `LeaseHeld`, or with `wait_seconds` is waited for (two pipeline runs that meet on one stage:
+    the second waits, then finds the output complete); `log` says what is waited for, and which
+    stale lease was taken over and why.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    place = LeaseFile(path) if isinstance(path, Path) else path
     text = json.dumps(lease_owner())
     deadline = time.time() + wait_seconds
     takeovers = 0
     last_said = 0.0
-    while True:
-        try:
-            _create_exclusive(path, text)
-            break
-        except FileExistsError:
-            pass
-        held = _read_lease(path)
+    while not place.create(text):
+        held = place.read()
         if held is None:
             continue  # released meanwhile: try again
-        held_text, owner, age = held
+        held_text, age = held
+        owner = _owner_of(held_text)
         reason = stale_reason(owner, age)
         if owner is None and age < LEASE_HEARTBEAT_SECONDS:
             reason = None  # maybe an older version's writer, still writing it
         if reason is not None:
             takeovers += 1
             if takeovers > 10:
-                raise LeaseHeld(f"could not take the lease {path}")
-            if _remove_if_unchanged(path, held_text):
-                log(f"lease {path}: taking over from {describe_owner(owner, age)}: {reason}")
+                raise LeaseHeld(f"could not take the lease {place.name}")
+            if place.take_over(held_text, text):
+                log(f"lease {place.name}: taking over from {describe_owner(owner, age)}: {reason}")
+                break
             continue
         who = describe_owner(owner, age)
         if time.time() >= deadline:
-            raise LeaseHeld(f"{path} is held by {who}")
+            raise LeaseHeld(f"{place.name} is held by {who}")
         if time.time() - last_said >= LEASE_LOG_SECONDS:
             left = deadline - time.time()
-            log(f"waiting for the lease {path}: held by {who}; waiting up to {left / 3600:.1f} h")
+            log(
+                f"waiting for the lease {place.name}: held by {who}; waiting up to {left / 3600:.1f} h"
+            )
             last_said = time.time()
         time.sleep(min(LEASE_POLL_SECONDS, max(deadline - time.time(), 0.01)))
-    heartbeat = _Heartbeat(path, text)
+    heartbeat = _Heartbeat(place, text)
     try:
         yield
     finally:
         heartbeat.stop()
-        _remove_if_unchanged(path, text)
+        place.release(text)

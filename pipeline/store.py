@@ -24,9 +24,10 @@ The units of one stage that Dask spreads over several machines meet through the 
 each pushes its part under `<output>/_parts/` with a marker last, and the stage's machine merges
 the marked parts (pipeline/store_units.py); `push` deletes them with any other leftover.
 
-Not on the store (yet): leases (two machines that start one output at once both compute it and
-both push the same files; a lease there needs a conditional put), an incremental run's record
-(refused: `check_workdir`), and MLflow's own database (use a tracking server).
+The stage that computes an output holds its lease on the store (s3://, by conditional writes:
+pipeline/store_lease.py), so two machines never push one output over each other. Not on the
+store (yet): an incremental run's record (refused: `check_workdir`), and MLflow's own database
+(use a tracking server).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ fully cached from the store, except for an output whose manifest is gone, which 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +83,95 @@ def test_an_output_goes_to_the_store_and_back_and_a_partial_is_not_complete(
     here.store.push(output)
     assert not s3_server.exists(f"{prefix}/stale-from-the-crash.txt")
     assert third.store.pull(partial)
+
+
+def test_a_lease_on_the_store_is_exclusive_beats_and_is_taken_over_by_one_machine(
+    s3_server, tmp_path, monkeypatch
+):
+    """The lease object under conditional writes: held -> a second holder is refused (naming
+    the owner); a gone owner's lease (another host, no heartbeat) is taken over by exactly one
+    of two machines that both found it stale, and its old holder's heartbeat learns it lost it."""
+    from pipeline import leases
+    from pipeline.leases import LeaseHeld, lease
+    from pipeline.store_lease import store_lease
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "machine-a"))
+    work = open_workdir(f"s3://{BUCKET}/lease-{tmp_path.name}")
+    output = StageOutput(work.local, "toy", "e" * 16)
+    key = f"{BUCKET}/lease-{tmp_path.name}/toy/.{'e' * 16}.lease"
+    with lease(store_lease(work.store, output)):
+        owner = json.loads(s3_server.cat_file(key))
+        assert owner["pid"] == os.getpid()
+        with pytest.raises(LeaseHeld, match=f"held by process {os.getpid()}"):
+            with lease(store_lease(work.store, output)):
+                pass
+    s3_server.invalidate_cache()
+    assert not s3_server.exists(key)  # released
+    # A lease left by a machine that is gone: another host, no heartbeat for a while.
+    monkeypatch.setattr(leases, "LEASE_STALE_SECONDS", 1.0)
+    gone = store_lease(work.store, output)
+    assert gone.create(json.dumps({"pid": 1, "host": "gone-machine", "since": 0}))
+    time.sleep(2.5)  # the store's Date and Last-Modified have whole-second resolution
+    first, second = store_lease(work.store, output), store_lease(work.store, output)
+    text, age = first.read()
+    assert json.loads(text)["host"] == "gone-machine" and age >= 1
+    assert second.read() is not None
+    assert first.take_over(text, '{"taker": 1}')
+    assert not second.take_over(text, '{"taker": 2}')  # the version it read is gone
+    assert not gone.beat(json.dumps({"host": "gone-machine"}))  # lost: it stops beating
+    assert json.loads(s3_server.cat_file(key)) == {"taker": 1}
+    assert first.beat('{"taker": 1}') and first.release('{"taker": 1}')
+    # Through lease(): the stale lease is taken over at once, with a line saying why.
+    assert gone.create(json.dumps({"pid": 1, "host": "gone-machine", "since": 0}))
+    time.sleep(2.5)
+    said: list[str] = []
+    with lease(store_lease(work.store, output), log=said.append):
+        assert json.loads(s3_server.cat_file(key))["pid"] == os.getpid()
+    assert any("taking over" in line and "gone-machine" in line for line in said), said
+
+
+def test_two_machines_that_start_one_stage_at_once_compute_it_once(
+    s3_server, tmp_path, monkeypatch
+):
+    """Two machines (two caches) run one stage on one s3:// work dir at the same moment: one
+    computes and pushes it, the other waits on the store's lease, then pulls what was pushed."""
+    from pipeline.config import load_config
+    from pipeline.dag import plan, run_stage
+    from pipeline.store import Workdir
+
+    (tmp_path / "a.txt").write_text("A short document about two machines and one lease.\n")
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text("sources: [{type: text, path: a.txt}]\n")
+    config = load_config(config_path)
+    url = f"s3://{BUCKET}/race-{tmp_path.name}"
+    machines: dict[str, Workdir] = {}
+    for name in ("machine-a", "machine-b"):
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / name))
+        machines[name] = open_workdir(url)
+    start = threading.Barrier(2)
+    results: dict[str, object] = {}
+    said: dict[str, list[str]] = {name: [] for name in machines}
+
+    def run(name: str) -> None:
+        work = machines[name]
+        ingest = plan(config, work.local)[0]
+        start.wait()
+        results[name] = run_stage(ingest, config, log=said[name].append, store=work.store)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in machines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(r.reused for r in results.values()) == [False, True], said
+    outputs = {name: plan(config, work.local)[0].output for name, work in machines.items()}
+    assert all(output.complete() for output in outputs.values())
+    a, b = (_files(output.path) for output in outputs.values())
+    assert a == b  # the waiting machine pulled the one that was pushed
+    fingerprint = outputs["machine-a"].fingerprint
+    s3_server.invalidate_cache()
+    assert s3_server.exists(f"{BUCKET}/race-{tmp_path.name}/ingest/{fingerprint}/{MANIFEST}")
+    assert not s3_server.exists(f"{BUCKET}/race-{tmp_path.name}/ingest/.{fingerprint}.lease")
 
 
 def test_a_work_dir_url_without_its_file_system_is_a_config_error_naming_workdir():
