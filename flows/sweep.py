@@ -29,6 +29,7 @@ from flows.pipeline import end_status, pipeline_flow
 from flows.ui import link, mlflow_run_url, prefect_flow_run_url
 from pipeline.dag import stage_names
 from pipeline.ingest.files import require_source_files
+from pipeline.store import check_workdir, open_workdir
 from pipeline.sweep import Variant, check_same_budget, check_variants, reference_metric
 from pipeline.sweep_table import (
     compare,
@@ -81,10 +82,11 @@ def sweep_flow(
     metric = reference_metric(configs[0], metric)
     mode = mode or metric_mode(metric)
     first = configs[0]
-    work = Path(workdir or first.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    tracking_uri = resolve_tracking_uri(first.tracking.mlflow_tracking_uri, work)
-    tracker = Tracker(tracking_uri, first.tracking.experiment, artifact_root=work / "mlartifacts")
+    check_workdir(workdir or first.workdir, first.run.mode == "incremental")
+    work = open_workdir(workdir or first.workdir)  # a local folder, or a URL and its cache
+    work.local.mkdir(parents=True, exist_ok=True)
+    tracking_uri = resolve_tracking_uri(first.tracking.mlflow_tracking_uri, work.local)
+    tracker = Tracker(tracking_uri, first.tracking.experiment, artifact_root=work.mlflow_artifacts)
     prefect_url = prefect_flow_run_url(str(flow_run.id))
     sweep_id = tracker.start_run(
         str(flow_run.name),
@@ -114,7 +116,7 @@ def sweep_flow(
                 flow_run_name=f"{config.name} · {variant.run_name}"
             )(
                 config_path=config_path,
-                workdir=str(work),
+                workdir=work.url,
                 overrides=variant.all_overrides,
                 only=only,
                 sweep_run_id=sweep_id,
@@ -137,7 +139,7 @@ def sweep_flow(
     return {
         **result,
         "config": config_path,
-        "workdir": str(work),
+        "workdir": work.url,
         "tracking_uri": tracking_uri,
         "experiment_id": tracker.experiment_id,
         "mlflow_run_id": sweep_id,

@@ -281,3 +281,31 @@ def test_the_pipeline_on_an_s3_work_dir(s3_server, prefect_server, tmp_path, mon
     assert {k: v for k, v in again.items() if k != MANIFEST} == {
         k: v for k, v in before.items() if k != MANIFEST
     }
+
+
+@pytest.mark.slow  # ~1 min: .ci/run runs it
+def test_a_sweep_on_an_s3_work_dir(s3_server, prefect_server, tmp_path, monkeypatch):
+    """`llmpipe sweep --workdir s3://...`: the variants meet on the store (shared stages once),
+    the sweep's result names the URL, and no local folder named after the URL is made."""
+    from test_sweep import _sweep_config
+
+    from flows.sweep import sweep_flow
+    from pipeline.sweep import expand
+
+    root = f"{BUCKET}/sweep-{tmp_path.name}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    variants = expand(["tokenizer.vocab_size=300,360"])
+    result = sweep_flow(
+        str(_sweep_config(tmp_path)), [v.to_dict() for v in variants], workdir=f"s3://{root}"
+    )
+    assert result["workdir"] == f"s3://{root}"
+    assert result["stage_executions"]["ingest"] == 1 and result["stage_executions"]["shards"] == 2
+    for outputs in result["outputs"]:
+        for name, local in outputs.items():
+            assert Path(local).is_relative_to(tmp_path / "cache"), name
+            fingerprint = Path(local).name
+            assert s3_server.exists(f"{root}/{name}/{fingerprint}/{MANIFEST}"), name
+    assert not (tmp_path / "s3:").exists()
+    assert s3_server.find(f"{root}/mlartifacts")
