@@ -524,12 +524,22 @@ class TokenizerConfig(Section):
         "one, or an MLflow URI (runs:/RUN/output, models:/NAME@ALIAS); vocab_size, "
         "min_frequency and special_tokens are then the given tokenizer's",
     )
+    train_chars: int | None = added_later(
+        None,
+        ge=1,
+        description="bpe: train on a sample of about this many characters of the train "
+        "documents (whole documents, picked by a hash of their id, spread over the corpus), so "
+        "the trainer's time and memory stop growing with the corpus; None: every train "
+        "document (nanochat trains its tokenizer on 2e9 characters)",
+    )
     batch_size: int = operational(1000, gt=0)
 
     @model_validator(mode="after")
     def _eot_first(self) -> TokenizerConfig:
         if not self.special_tokens or self.special_tokens[0] != EOT_TOKEN:
             raise ValueError("special_tokens must start with '<|endoftext|>'")
+        if self.train_chars is not None and self.type != "bpe":
+            raise ValueError("train_chars samples the documents of a bpe tokenizer (type: bpe)")
         return self
 
 

@@ -229,6 +229,52 @@ def test_held_out_documents_are_not_trained_on_and_are_measured(botchan_corpus, 
     ).read_bytes()
 
 
+def test_a_character_budget_trains_on_a_hashed_sample_of_whole_train_documents(
+    botchan_corpus, tmp_path
+):
+    """`train_chars`: about that many characters of train documents, picked by a salted hash of
+    their id (never a val document), the same sample each run; the manifest says the share."""
+    from pipeline.tokenizer.train_bpe import in_sample
+
+    docs_dir, docs = botchan_corpus
+    split = DocumentSplit.for_documents(docs_dir, ShardsConfig(val_fraction=0.2))
+    train = [d for d in iter_documents(docs_dir) if split.split_of(d["id"]) == "train"]
+    available = sum(len(d["text"]) for d in train)
+    cfg = TokenizerConfig(vocab_size=600, train_chars=available // 3)
+    manifest = train_tokenizer(docs_dir, tmp_path / "a", cfg, split)
+    stats = manifest["stats"]
+    share = (available // 3) / available
+    picked = [d for d in train if in_sample(d["id"], share)]
+    assert stats["train_chars_available"] == available
+    assert stats["sample"] == pytest.approx(share, abs=1e-6)
+    assert manifest["counts"]["documents"] == len(picked)
+    assert stats["trained_chars"] == sum(len(d["text"]) for d in picked)
+    assert 0.15 < stats["trained_chars"] / available < 0.55  # about a third, whole documents
+    # It learned from that sample alone: the same as training on those documents.
+    only = tmp_path / "picked-docs"
+    write_corpus(only, [d["text"] for d in picked])
+    train_tokenizer(only, tmp_path / "alone", TokenizerConfig(vocab_size=600))
+    assert (
+        load_tokenizer(tmp_path / "a").get_vocab() == load_tokenizer(tmp_path / "alone").get_vocab()
+    )
+    # Deterministic; a budget over the corpus is every train document.
+    assert train_tokenizer(docs_dir, tmp_path / "b", cfg, split) == manifest
+    assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
+    whole = TokenizerConfig(vocab_size=600, train_chars=10 * available)
+    assert train_tokenizer(docs_dir, tmp_path / "c", whole, split)["counts"]["documents"] == len(
+        train
+    )
+
+
+def test_a_character_budget_is_for_bpe_and_stays_out_of_old_fingerprints():
+    from pipeline.config import fingerprint_fields
+
+    with pytest.raises(ValueError, match="train_chars"):
+        TokenizerConfig(type="char", train_chars=1000)
+    assert "train_chars" not in fingerprint_fields(TokenizerConfig())
+    assert fingerprint_fields(TokenizerConfig(train_chars=5))["train_chars"] == 5
+
+
 def test_empty_folder_is_an_error(tmp_path):
     (tmp_path / "docs").mkdir()
     with pytest.raises(ValueError, match="no documents"):

@@ -23,6 +23,10 @@ The tokenizer:
   tiktoken encoder built from the same ranks gives the same ids (see `text_encoder`).
 - Deterministic: the same documents and config give the same `tokenizer.json`, byte for byte.
   Training streams batches of texts into `train_from_iterator`; the corpus is never one string.
+- `tokenizer.train_chars`: train on a sample of about that many characters, whole documents
+  picked by a salted hash of their id (so spread over every source and shard, the same on every
+  run), instead of every train document: the trainer's time and memory (one entry per distinct
+  pre-token) then stop growing with the corpus. The manifest says the share and the characters.
 
 `train_tokenizer` is the byte-level BPE recipe; another recipe (a character-level vocabulary,
 say) is one more function that returns a `tokenizers.Tokenizer` for `fit_tokenizer` to save and
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -44,7 +49,7 @@ from pipeline.config import TokenizerConfig
 from pipeline.documents import iter_batches, shard_paths
 from pipeline.special_tokens import EOT_TOKEN, PAD_TOKEN
 from pipeline.tokenizer.metrics import TokenTally, count_words, utf8_bytes
-from pipeline.tokenizer.splits import DocumentSplit
+from pipeline.tokenizer.splits import DocumentSplit, id_hash_fraction
 from pipeline.tokenizer.text_encoder import (
     TOKENIZER_FILE,
     TextEncoder,
@@ -69,6 +74,8 @@ PRETOKENIZER_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+SAMPLE_SALT = "tokenizer-sample:"
 
 TextBatches = Callable[[], Iterator[list[str]]]
 
@@ -106,16 +113,40 @@ def train_bpe(text_batches: Iterator[list[str]], cfg: TokenizerConfig, length: i
 
 
 def _document_texts(
-    docs_dir: Path, batch_size: int, split: DocumentSplit | None, side: str
+    docs_dir: Path,
+    batch_size: int,
+    split: DocumentSplit | None,
+    side: str,
+    sample: float = 1.0,
 ) -> Iterator[list[str]]:
-    """Batches of the texts of one side of the split (all texts when there is no split)."""
+    """Batches of the texts of one side of the split (all texts when there is no split), and
+    of those the `sample` share picked by a hash of their id."""
     for batch in iter_batches(docs_dir, batch_size=batch_size, columns=["id", "text"]):
         ids, texts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
         yield [
             text or ""  # a null text counts as an empty document
             for doc_id, text in zip(ids, texts, strict=True)
-            if split is None or split.split_of(doc_id) == side
+            if (split is None or split.split_of(doc_id) == side)
+            and (sample >= 1.0 or in_sample(doc_id, sample))
         ]
+
+
+def in_sample(doc_id: str, share: float) -> bool:
+    """Whether a document is in the tokenizer's training sample of `share` of the documents.
+    Salted: the val split is the documents of smallest unsalted hash."""
+    return id_hash_fraction(SAMPLE_SALT + doc_id) < share
+
+
+def train_characters(docs_dir: Path, batch_size: int, split: DocumentSplit | None) -> int:
+    """Characters of the train documents: what a `train_chars` budget is a share of."""
+    total = 0
+    for batch in iter_batches(docs_dir, batch_size=batch_size, columns=["id", "text"]):
+        lengths = pc.utf8_length(batch.column(1)).fill_null(0).to_numpy(zero_copy_only=False)
+        if split is not None:
+            train = [split.split_of(doc_id) == "train" for doc_id in batch.column(0).to_pylist()]
+            lengths = lengths[np.array(train, dtype=bool)]
+        total += int(lengths.sum())
+    return total
 
 
 def train_tokenizer(
@@ -144,16 +175,23 @@ def fit_tokenizer(
     if total == 0:
         raise ValueError(f"{docs_dir}: no documents to train a tokenizer on")
 
-    seen = 0
+    seen = chars = 0
 
     def counted(batches: Iterator[list[str]]) -> Iterator[list[str]]:
-        nonlocal seen
+        nonlocal seen, chars
         for texts in batches:
             seen += len(texts)
+            chars += sum(map(len, texts))
             yield texts
 
-    texts = counted(_document_texts(docs_dir, cfg.batch_size, held_out, "train"))
-    tokenizer = recipe(texts, cfg, total)
+    # A budget: whole documents, a share of them by a hash of their id (the same sample on
+    # every run and machine), so the trainer's time and memory stop growing with the corpus.
+    sample, available = 1.0, None
+    if cfg.train_chars:
+        available = train_characters(docs_dir, cfg.batch_size, held_out)
+        sample = min(1.0, cfg.train_chars / max(available, 1))
+    texts = counted(_document_texts(docs_dir, cfg.batch_size, held_out, "train", sample))
+    tokenizer = recipe(texts, cfg, round(total * sample))
     save_tokenizer(tokenizer, out_dir, list(cfg.special_tokens))
 
     stats: dict[str, Any] = {
@@ -163,6 +201,8 @@ def fit_tokenizer(
         "pad_id": tokenizer.token_to_id(PAD_TOKEN),
         "special_tokens": {token: tokenizer.token_to_id(token) for token in cfg.special_tokens},
     }
+    if available is not None:
+        stats.update(train_chars_available=available, trained_chars=chars, sample=round(sample, 6))
     counts = {"documents": seen}
     if held_out is not None:
         tally = measure_tokenizer(out_dir, docs_dir, held_out, cfg.batch_size)
