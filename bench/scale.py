@@ -23,6 +23,7 @@ corpus, and its memory neither (the shards are memory-mapped).
 
     nice -n 10 .venv/bin/python bench/scale.py --sizes 1 10     # generate, run, append results
     .venv/bin/python bench/scale.py --report                     # the growth table from the runs
+    .venv/bin/python bench/scale.py --sizes 10 --tokenizer-sample 10000000   # + a sampled tokenizer
 
 Generated corpora and work dirs go under --root (default /tmp/llmpipe-scale) and are removed
 after each size unless --keep.
@@ -263,9 +264,23 @@ def loader_child(shards_dir: str) -> None:
                 "tokens_read": tokens,
                 "train_tokens": module.train_windows.total_tokens,
                 "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                **resident_kinds(),
             }
         )
     )
+
+
+def resident_kinds() -> dict[str, float]:
+    """This process's resident memory now, by kind (Linux): anonymous (its heap: what it holds)
+    and file-backed (pages of mapped files, such as memory-mapped token shards: page cache the
+    kernel can drop and share, counted in RSS once touched)."""
+    kinds = {}
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                kinds[f"{key[3:].lower()}_rss_mb"] = round(int(value.split()[0]) / 1024, 1)
+    return kinds
 
 
 def dedup_phases(scale: int, root: Path) -> None:
@@ -331,7 +346,7 @@ def input_documents(name: str, done: dict[str, dict], planted: dict) -> int:
     return counts.get("kept", counts.get("documents", 0))
 
 
-def run_size(scale: int, root: Path, keep: bool) -> None:
+def run_size(scale: int, root: Path, keep: bool, budgets: list[int]) -> None:
     folder = root / f"x{scale}"
     shutil.rmtree(folder, ignore_errors=True)
     started = time.perf_counter()
@@ -354,8 +369,29 @@ def run_size(scale: int, root: Path, keep: bool) -> None:
     result = measure(["--loader", str(shards)], [folder / "tmp"], folder / "tmp")
     result.update(stage="loader", scale=scale, docs_in=0, planted=planted)
     _append(result)
+    if budgets:
+        tokenizer_sample(folder, scale, budgets)
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def tokenizer_sample(folder: Path, scale: int, budgets: list[int]) -> None:
+    """The tokenizer stage again on the same documents, trained on a sample of `budget`
+    characters (`tokenizer.train_chars`) instead of every train document: its time, memory and
+    held-out bytes per token beside the full run's. Needs the size's folder with its config and
+    dedup output (a run with --keep, or one in progress)."""
+    import yaml
+
+    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    work = Path(config["workdir"])
+    for budget in budgets:
+        config["tokenizer"]["train_chars"] = budget
+        path = folder / f"config-train-chars-{budget}.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        result = measure(["--stage", str(path), "tokenizer"], [work / "tokenizer"], folder / "tmp")
+        result.update(stage="tokenizer-sample", scale=scale, train_chars=budget)
+        result["docs_in"] = result["counts"]["documents"]
+        _append(result)
 
 
 def _append(result: dict) -> None:
@@ -391,19 +427,20 @@ def _mb(value: float) -> str:
     return f"{value:.0f}" if value else "-"
 
 
-def report() -> str:
+def report(compare: list[int] | None = None) -> str:
     rows = [json.loads(line) for line in RUNS.read_text(encoding="utf-8").splitlines() if line]
     latest: dict[tuple[str, int], dict] = {}
     phases = [row for row in rows if row["stage"] == "dedup-phases"]
-    rows = [row for row in rows if row["stage"] != "dedup-phases"]
+    samples = [row for row in rows if row["stage"] == "tokenizer-sample"]
+    rows = [row for row in rows if row["stage"] not in ("dedup-phases", "tokenizer-sample")]
     for row in rows:  # the last run of each (stage, size) counts
         latest[(row["stage"], row["scale"])] = row
     sizes = sorted({s for _, s in latest})
     header = (
-        "| stage | size | docs in | wall s | docs/s (wall) | CPU s | docs per CPU s "
+        "| stage | size | run at (UTC) | docs in | wall s | docs/s (wall) | CPU s | docs per CPU s "
         "| peak RSS MB | written MB | output MB | temp MB |"
     )
-    lines = ["## Growth", "", header, "|" + "---|" * 11]
+    lines = ["## Growth", "", header, "|" + "---|" * 12]
     for name in [*STAGES, "loader"]:
         for size in sizes:
             r = latest.get((name, size))
@@ -411,12 +448,13 @@ def report() -> str:
                 continue
             per_cpu = f"{r['docs_in'] / r['cpu_s']:,.0f}" if r["docs_in"] else "-"
             lines.append(
-                f"| {name} | {size}x | {r['docs_in']:,} | {r['wall_s']:.1f} | "
+                f"| {name} | {size}x | {r['when'][5:16].replace('T', ' ')} | {r['docs_in']:,} | "
+                f"{r['wall_s']:.1f} | "
                 f"{r.get('docs_per_s', 0):,.0f} | {r['cpu_s']} | {per_cpu} | "
                 f"{r['peak_rss_mb']:.0f} | {r['written_mb']} | {r['output_mb']} | {r['temp_mb']} |"
             )
     if len(sizes) >= 2:
-        small, large = sizes[-2], sizes[-1]
+        small, large = compare or (sizes[-2], sizes[-1])
         lines += [
             "",
             f"## {large}x against {small}x",
@@ -438,6 +476,17 @@ def report() -> str:
                 wall = (b["wall_s"] / b["docs_in"]) / (a["wall_s"] / a["docs_in"])
             rss = b["peak_rss_mb"] / a["peak_rss_mb"]
             lines.append(f"| {name} | {cpu:.2f} | {wall:.2f} | {rss:.2f} |")
+        a, b = latest.get(("loader", small)), latest.get(("loader", large))
+        if a and b and "anon_rss_mb" in a and "anon_rss_mb" in b:
+            lines += [
+                "",
+                f"The loader's resident memory by kind at the end of its run: anonymous (its heap) "
+                f"{a['anon_rss_mb']:.0f} -> {b['anon_rss_mb']:.0f} MB "
+                f"({b['anon_rss_mb'] / a['anon_rss_mb']:.2f}x); file-backed (shared libraries and "
+                f"the memory-mapped shards' pages it touched) {a['file_rss_mb']:.0f} -> "
+                f"{b['file_rss_mb']:.0f} MB, for train shards of "
+                f"{a['train_tokens'] * 2 / 2**20:.0f} and {b['train_tokens'] * 2 / 2**20:.0f} MB.",
+            ]
         lines += [
             "",
             f"## Capacity (measured at {large}x, per CPU core-second of the stage's process tree)",
@@ -482,7 +531,35 @@ def report() -> str:
                 f"| {r['when'][11:16]} | {r['scale']}x | {r['docs_in']:,} | {r['candidate_pairs']:,} | "
                 f"{r['documents_in_groups']:,} | {r['cpu_s']} | {peaks} | {r['peak_rss_mb']:.0f} |"
             )
+    if samples:
+        lines += [
+            "",
+            "## The tokenizer on a sample (`tokenizer.train_chars`)",
+            "",
+            "| size | train_chars | share of train docs' chars | docs trained on | CPU s | "
+            "peak RSS MB | held-out bytes per token |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        last = {(r["scale"], r["train_chars"]): r for r in samples}  # the last run of each
+        samples = list(last.values())
+        for size in sorted({r["scale"] for r in samples}):
+            full = latest.get(("tokenizer", size))
+            if full:
+                lines.append(
+                    f"| {size}x | all | 1 | {full['docs_in']:,} | {full['cpu_s']} | "
+                    f"{full['peak_rss_mb']:.0f} | {full['stats']['heldout_bytes_per_token']:.4f} |"
+                )
+            for r in sorted((r for r in samples if r["scale"] == size), key=_budget):
+                lines.append(
+                    f"| {size}x | {r['train_chars']:,} | {r['stats']['sample']:.4f} | "
+                    f"{r['docs_in']:,} | {r['cpu_s']} | {r['peak_rss_mb']:.0f} | "
+                    f"{r['stats']['heldout_bytes_per_token']:.4f} |"
+                )
     return "\n".join(lines)
+
+
+def _budget(row: dict) -> int:
+    return row["train_chars"]
 
 
 def main() -> None:
@@ -492,17 +569,47 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the corpora and work dirs")
     parser.add_argument("--report", action="store_true")
     parser.add_argument(
+        "--compare", type=int, nargs=2, metavar=("SMALL", "LARGE"), help="the report's two sizes"
+    )
+    parser.add_argument(
         "--dedup-phases", type=int, nargs="*", default=[], help="run_dedup alone at these sizes"
+    )
+    parser.add_argument(
+        "--tokenizer-sample",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="CHARS",
+        help="after each size, the tokenizer again with tokenizer.train_chars=CHARS",
+    )
+    parser.add_argument(
+        "--sample-at",
+        nargs=2,
+        metavar=("FOLDER", "SIZE"),
+        help="--tokenizer-sample on a size's folder kept from an earlier run (--keep)",
+    )
+    parser.add_argument(
+        "--loader-at",
+        nargs=2,
+        metavar=("SHARDS", "SIZE"),
+        help="the loader line alone, on a size's shards folder kept from an earlier run",
     )
     args = parser.parse_args()
     if not NEWS.is_dir():
         raise SystemExit(f"the shared news corpus is not at {NEWS}")
     for scale in args.sizes:
-        run_size(scale, args.root, args.keep)
+        run_size(scale, args.root, args.keep, args.tokenizer_sample)
+    if args.loader_at:
+        shards, scale = args.loader_at
+        result = measure(["--loader", shards], [args.root / "tmp"], args.root / "tmp")
+        _append({**result, "stage": "loader", "scale": int(scale), "docs_in": 0})
+    if args.sample_at:
+        folder, scale = args.sample_at
+        tokenizer_sample(Path(folder), int(scale), args.tokenizer_sample)
     for scale in args.dedup_phases:
         dedup_phases(scale, args.root)
     if args.report:
-        print(report())
+        print(report(args.compare))
 
 
 if __name__ == "__main__":
