@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from pipeline.parallel import Executor, SerialExecutor
 from pipeline.stages import BY_NAME, STAGE_NAMES, STAGES
 from pipeline.stages.base import Log, Stage, StageContext
 from pipeline.store import OutputStore
-from pipeline.store_lease import store_lease
+from pipeline.store_lease import LeaseUnsupported, store_lease
 
 LEASE_WAIT_SECONDS = 24 * 3600  # how long a run waits for another run's stage to finish
 
@@ -223,7 +223,13 @@ def _store_lease(store: OutputStore | None, output: StageOutput, log: Log) -> It
             )
         yield
         return
-    with lease(place, LEASE_WAIT_SECONDS, log):
+    with ExitStack() as held:
+        try:
+            held.enter_context(lease(place, LEASE_WAIT_SECONDS, log))
+        except LeaseUnsupported as exc:
+            log(
+                f"no lease on the store: {exc}; machines that start this stage at once each compute it"
+            )
         yield
 
 

@@ -19,7 +19,10 @@ the object `<workdir URL>/<stage>/.<fingerprint>.lease`:
 - released by a DELETE `If-Match: <our ETag>` after a HEAD that finds it still ours.
 
 S3 (AWS since 2024, and the S3-compatible servers that implement conditional writes, moto's
-among them) only: for other protocols `store_lease` returns None and the caller says so.
+among them) only: for other protocols `store_lease` returns None and the caller says so. A
+store that answers the first conditional write with an error other than "precondition failed"
+(one that does not implement them) raises `LeaseUnsupported`, which the caller reports and
+runs on without a store lease, as before leases were kept there.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from typing import Any
 from pipeline.outputs import StageOutput
 
 PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+class LeaseUnsupported(RuntimeError):
+    """The store refused a conditional write for another reason than its condition."""
 
 
 def _precondition_failed(exc: BaseException) -> bool:
@@ -63,7 +70,14 @@ class StoreLease:
         return True
 
     def create(self, text: str) -> bool:
-        return self._put(text, IfNoneMatch="*")
+        try:
+            return self._put(text, IfNoneMatch="*")
+        except (FileNotFoundError, PermissionError):
+            raise  # no bucket, no rights: the store's own error says it
+        except OSError as exc:
+            if getattr(exc.__cause__ or exc.__context__, "response", None) is None:
+                raise  # not the store's answer (the network, say): not a missing feature
+            raise LeaseUnsupported(f"{self.name}: a conditional write was refused: {exc}") from exc
 
     def _head(self) -> dict[str, Any] | None:
         self.fs.invalidate_cache()

@@ -174,6 +174,42 @@ def test_two_machines_that_start_one_stage_at_once_compute_it_once(
     assert not s3_server.exists(f"{BUCKET}/race-{tmp_path.name}/ingest/.{fingerprint}.lease")
 
 
+def test_a_store_without_conditional_writes_runs_the_stage_without_a_lease_and_says_so(
+    s3_server, tmp_path, monkeypatch
+):
+    """An S3-compatible store that answers a conditional PUT with NotImplemented (as one that
+    lacks them does): the stage runs and is pushed as before store leases, and the log says
+    there is no lease. Any other PUT goes to the real server."""
+    from botocore.exceptions import ClientError
+
+    from pipeline.config import load_config
+    from pipeline.dag import plan, run_stage
+    from pipeline.store_lease import StoreLease
+
+    real_call = StoreLease._call
+
+    def no_conditions(self, method, **kwargs):
+        if "IfNoneMatch" in kwargs or "IfMatch" in kwargs:
+            error = {"Error": {"Code": "NotImplemented", "Message": "not implemented"}}
+            raise OSError(
+                "A header you provided implies functionality that is not implemented"
+            ) from ClientError(error, "PutObject")
+        return real_call(self, method, **kwargs)
+
+    monkeypatch.setattr(StoreLease, "_call", no_conditions)
+    (tmp_path / "a.txt").write_text("A short document about a store without conditions.\n")
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text("sources: [{type: text, path: a.txt}]\n")
+    config = load_config(config_path)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "machine-a"))
+    work = open_workdir(f"s3://{BUCKET}/nocond-{tmp_path.name}")
+    ingest = plan(config, work.local)[0]
+    said: list[str] = []
+    result = run_stage(ingest, config, log=said.append, store=work.store)
+    assert result.reused is False and work.store.complete(ingest.output)
+    assert any("no lease on the store" in line and "not implemented" in line for line in said)
+
+
 def test_a_work_dir_url_without_its_file_system_is_a_config_error_naming_workdir():
     with pytest.raises(ConfigError, match="workdir: nosuchfs://bucket/x"):
         open_workdir("nosuchfs://bucket/x")
