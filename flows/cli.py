@@ -167,30 +167,49 @@ def _check_then_run_flow(check: Callable[[], Any], run: Callable[[Any], Any]) ->
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Check every variant's config, then run the sweep flow (flows/sweep.py); a bad grid key
     or value exits 2 naming it, before anything starts."""
+    from pipeline.config import ConfigError, load_config
     from pipeline.ingest.files import require_source_files
-    from pipeline.sweep import check_same_budget, check_variants, expand, reference_metric
+    from pipeline.sweep import (
+        check_same_budget,
+        check_variants,
+        expand,
+        from_section,
+        reference_metric,
+    )
 
-    def check() -> tuple[list[str], list]:
+    def check() -> tuple[list[str], list, str | None, str | None]:
         overrides = _credentials_to_environment(args.set or [])
-        variants = expand(args.grid, args.variant, args.seeds, overrides)
-        configs = check_variants(args.config, variants)
+        grid, variant, seeds, metric, mode = (
+            args.grid, args.variant, args.seeds, args.metric, args.mode
+        )  # fmt: skip
+        given = "the command line"
+        if not grid and not variant:  # the config's own sweep: section
+            section = load_config(args.config, overrides).sweep
+            grid, variant, section_seeds = from_section(section)
+            seeds, metric = seeds or section_seeds, metric or section.metric
+            mode, given = mode or section.mode, "the config's sweep: section"
+        try:
+            variants = expand(grid, variant, seeds, overrides)
+            configs = check_variants(args.config, variants)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (the sweep comes from {given})") from None
         check_same_budget(variants, configs)
-        reference_metric(configs[0], args.metric)
+        reference_metric(configs[0], metric)
         for config in configs:
             require_source_files(config)
-        return overrides, variants
+        return overrides, variants, metric, mode
 
-    def run(checked: tuple[list[str], list]) -> dict:
+    def run(checked: tuple[list[str], list, str | None, str | None]) -> dict:
         from flows.sweep import sweep_flow
 
-        overrides, variants = checked
+        overrides, variants, metric, mode = checked
         return sweep_flow(
             config_path=str(Path(args.config).resolve()),
             variants=[v.to_dict() for v in variants],
             workdir=args.workdir,
             base_overrides=overrides,
-            metric=args.metric,
-            mode=args.mode,
+            metric=metric,
+            mode=mode,
         )
 
     code, result = _check_then_run_flow(check, run)
@@ -278,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid",
         action="append",
         metavar="SECTION.KEY=V1,V2",
-        help="values to try for a key; several --grid: every combination is a variant",
+        help="values to try for a key; several --grid: every combination is a variant "
+        "(without --grid and --variant: the config's sweep: section)",
     )
     sweep.add_argument(
         "--variant",

@@ -1133,6 +1133,27 @@ class ExecutionConfig(Section):
     dask_address: str | None = operational(None, description="an existing Dask scheduler")
 
 
+class SweepConfig(Section):
+    """What `llmpipe sweep CONFIG` compares when its command line gives no --grid or --variant
+    (pipeline/sweep.py). No stage reads it: it changes no output and no config hash."""
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="section.key -> the values to try; every combination is a variant",
+    )
+    variants: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="a variant's name -> its section.key=value overrides (a grid applies to each)",
+    )
+    seeds: list[int] = Field(
+        default_factory=list, description="train each variant once per seed (train.seed)"
+    )
+    metric: str | None = Field(
+        None, description="the metric to rank by (default: <task>_bpb of the reference task)"
+    )
+    mode: Literal["min", "max"] | None = Field(None, description="better is lower or higher")
+
+
 class RunConfig(Section):
     """Full runs, or incremental ones (a nightly news run) that build on the earlier runs of the
     same config in the same work dir (pipeline/incremental.py).
@@ -1215,6 +1236,9 @@ class PipelineConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    sweep: SweepConfig = Field(  # read by `llmpipe sweep` only: in no fingerprint or hash
+        default_factory=SweepConfig, json_schema_extra={"omit_default": True, "operational": True}
+    )
     workdir: str = operational("work", description="where stage outputs live")
     base_dir: str = operational(".", description="relative source paths resolve from here")
 
@@ -1272,6 +1296,9 @@ def config_hash(config: PipelineConfig) -> str:
     payload: dict[str, Any] = {"sources": [source_description(s) for s in config.sources]}
     for name, field in type(config).model_fields.items():
         section = getattr(config, name)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("operational"):
+            continue  # a section no stage reads (sweep)
         if isinstance(section, BaseModel) and not _at_omitted_default(field, section):
             payload[name] = fingerprint_fields(section)
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -2,7 +2,7 @@
 
 In: a config file, the base `--set` overrides, `--grid KEY=V1,V2` axes (every combination is a
 variant), named `--variant NAME KEY=V ...` variants, and `--seeds 0,1` (each variant trained once
-per seed). Out: a list of `Variant`s, each with the overrides that make it (the base ones first,
+per seed); or the same from the config's `sweep:` section (`from_section`). Out: a list of `Variant`s, each with the overrides that make it (the base ones first,
 then its own, then `train.seed=S`), every one of them validated as a full config, and the
 comparison metric: bits per byte on a fixed reference text (an evaluate task of type
 `perplexity` or `wikitext2`), which does not depend on the tokenizer, nor on the variant's own
@@ -15,10 +15,11 @@ or value is a `ConfigError` that names the `--grid`/`--variant` item and the key
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, task_name
+from pipeline.config import ConfigError, PipelineConfig, SweepConfig, load_config, task_name
 
 REFERENCE_TASK_TYPES = ("perplexity", "wikitext2")
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,99}$")
@@ -154,6 +155,18 @@ def expand(
             "a sweep compares at least two variants: give --grid KEY=V1,V2 or two --variant"
         )
     return out
+
+
+def from_section(section: SweepConfig) -> tuple[list[str], list[list[str]], str | None]:
+    """A config's `sweep:` section as the command line's words: (--grid items, --variant
+    entries, --seeds). Values become YAML text (JSON is YAML), as `--set` reads them."""
+    grid = [
+        f"{key}=" + ",".join(json.dumps(value) for value in values)
+        for key, values in section.grid.items()
+    ]
+    variants = [[name, *overrides] for name, overrides in section.variants.items()]
+    seeds = ",".join(str(seed) for seed in section.seeds) or None
+    return grid, variants, seeds
 
 
 def _where(variant: Variant, item: str) -> str:

@@ -107,6 +107,54 @@ def test_a_bad_grid_key_is_a_config_error_naming_it(tmp_path, capsys):
     assert "clean.min_words: Input should be a valid integer" in capsys.readouterr().err
 
 
+def test_the_config_sweep_section_gives_the_same_variants_as_the_command_line(tmp_path, capsys):
+    """`sweep:` in the config: its grid, variants and seeds are the command line's words (YAML
+    values kept whole); it changes no fingerprint or config hash; a bad key in it exits 2 naming
+    the key and the section, before anything runs."""
+    from pipeline.config import config_hash, load_config
+    from pipeline.dag import plan
+    from pipeline.sweep import from_section
+
+    path = _sweep_config(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["sweep"] = {
+        "grid": {"train.learning_rate": [0.001, 0.003], "evaluate.prompts": [["a,b"], ["c"]]},
+        "variants": {"rules": [], "quality": ["quality.enabled=true"]},
+        "seeds": [0, 1],
+        "metric": "reference_bpb",
+    }
+    with_sweep = tmp_path / "with-sweep.yaml"
+    with_sweep.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = load_config(with_sweep)
+    grid, variants, seeds = from_section(config.sweep)
+    assert seeds == "0,1"
+    from_config = expand(grid, variants, seeds)
+    by_hand = expand(
+        ["train.learning_rate=0.001,0.003", 'evaluate.prompts=["a,b"],["c"]'],
+        [["rules"], ["quality", "quality.enabled=true"]],
+        "0,1",
+    )
+    assert [v.all_overrides for v in from_config] == [v.all_overrides for v in by_hand]
+    assert len(from_config) == 2 * 2 * 2 * 2
+    assert check_variants(str(with_sweep), from_config[:1])[0].evaluate.prompts == ["a,b"]
+    plain = load_config(path)
+    assert config_hash(plain) == config_hash(config)
+    fingerprints = [[p.output.fingerprint for p in plan(c, tmp_path)] for c in (plain, config)]
+    assert fingerprints[0] == fingerprints[1]
+    # A bad key in the section: exit 2, naming it and where the sweep came from.
+    raw["sweep"] = {"grid": {"clean.min_wrods": [20, 50]}}
+    with_sweep.write_text(yaml.safe_dump(raw, sort_keys=False))
+    code = cli_main(["sweep", str(with_sweep), "--workdir", str(tmp_path / "work")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "clean.min_wrods: unknown key" in err and "the config's sweep: section" in err
+    assert not (tmp_path / "work").exists()
+    raw["sweep"] = {"grid": {"train.learning_rate": 0.1}}
+    with_sweep.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert cli_main(["sweep", str(with_sweep)]) == 2
+    assert "sweep.grid.train.learning_rate" in capsys.readouterr().err
+
+
 def test_variants_share_one_token_budget_and_a_fixed_reference_text(tmp_path):
     path = _sweep_config(tmp_path)
     variants = expand(["train.max_steps=4,8"])
