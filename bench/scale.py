@@ -549,17 +549,15 @@ def report(compare: list[int] | None = None) -> str:
                     f"| {size}x | all | 1 | {full['docs_in']:,} | {full['cpu_s']} | "
                     f"{full['peak_rss_mb']:.0f} | {full['stats']['heldout_bytes_per_token']:.4f} |"
                 )
-            for r in sorted((r for r in samples if r["scale"] == size), key=_budget):
+            for r in sorted(
+                (r for r in samples if r["scale"] == size), key=lambda r: r["train_chars"]
+            ):
                 lines.append(
                     f"| {size}x | {r['train_chars']:,} | {r['stats']['sample']:.4f} | "
                     f"{r['docs_in']:,} | {r['cpu_s']} | {r['peak_rss_mb']:.0f} | "
                     f"{r['stats']['heldout_bytes_per_token']:.4f} |"
                 )
     return "\n".join(lines)
-
-
-def _budget(row: dict) -> int:
-    return row["train_chars"]
 
 
 def main() -> None:

@@ -214,22 +214,21 @@ def run_stage(
 def _store_lease(store: OutputStore | None, output: StageOutput, log: Log) -> Iterator[None]:
     """Hold the output's lease on the store while it is computed and pushed, so that two
     machines that start it at once do not both compute it (pipeline/store_lease.py)."""
-    place = store_lease(store, output) if store is not None else None
-    if place is None:
-        if store is not None:
-            log(
-                f"{store.url}: this store keeps no leases (conditional writes: s3:// only); "
-                "machines that start this stage at once each compute it"
-            )
+    if store is None:
         yield
         return
+    unleased = "machines that start this stage at once each compute it"
+    place = store_lease(store, output)
     with ExitStack() as held:
-        try:
-            held.enter_context(lease(place, LEASE_WAIT_SECONDS, log))
-        except LeaseUnsupported as exc:
+        if place is None:
             log(
-                f"no lease on the store: {exc}; machines that start this stage at once each compute it"
+                f"{store.url}: this store keeps no leases (conditional writes: s3:// only); {unleased}"
             )
+        else:
+            try:
+                held.enter_context(lease(place, LEASE_WAIT_SECONDS, log))
+            except LeaseUnsupported as exc:
+                log(f"no lease on the store: {exc}; {unleased}")
         yield
 
 

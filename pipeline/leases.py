@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 LEASE_POLL_SECONDS = 1.0
 
@@ -125,6 +125,19 @@ def describe_owner(owner: dict[str, Any] | None, heartbeat_age: float) -> str:
     )
 
 
+class LeasePlace(Protocol):
+    """Where a lease is kept: a local file (`LeaseFile`) or an object on a store
+    (pipeline/store_lease.py). Each call is atomic where it keeps the lease."""
+
+    name: str  # for messages
+
+    def create(self, text: str) -> bool: ...  # False when a lease is there
+    def read(self) -> tuple[str, float] | None: ...  # (text, heartbeat age s), None: no lease
+    def take_over(self, held: str, text: str) -> bool: ...  # replace the lease read; False: lost
+    def beat(self, text: str) -> bool: ...  # a heartbeat; False once the lease is not ours
+    def release(self, text: str) -> bool: ...  # remove it while it is still ours
+
+
 class LeaseFile:
     """A lease kept in a local file: created by a hard link (exclusive), removed under a folder
     lock only while it still holds what was read, touched as a heartbeat."""
@@ -199,7 +212,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 class _Heartbeat:
     """Beats the lease every LEASE_HEARTBEAT_SECONDS while its owner works."""
 
-    def __init__(self, place: LeaseFile, text: str):
+    def __init__(self, place: LeasePlace, text: str):
         self.place, self.text = place, text
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
@@ -229,12 +242,12 @@ def _owner_of(text: str) -> dict[str, Any] | None:
 
 @contextmanager
 def lease(
-    path: Path | LeaseFile, wait_seconds: float = 0.0, log: Callable[[str], None] = _quiet
+    path: Path | LeasePlace, wait_seconds: float = 0.0, log: Callable[[str], None] = _quiet
 ) -> Iterator[None]:
     """Hold an exclusive lease while the block runs; take over a gone owner's lease.
 
-    `path` is a lease file's path, or a place that keeps a lease the same way (`LeaseFile`'s
-    methods; pipeline/store_lease.py keeps one on object storage). The lease names its owner
+    `path` is a lease file's path, or another `LeasePlace` (pipeline/store_lease.py keeps one on
+    object storage). The lease names its owner
     (`lease_owner()`) and beats as a heartbeat while held. A live owner's lease raises
     `LeaseHeld`, or with `wait_seconds` is waited for (two pipeline runs that meet on one stage:
     the second waits, then finds the output complete); `log` says what is waited for, and which

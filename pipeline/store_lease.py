@@ -28,9 +28,12 @@ runs on without a store lease, as before leases were kept there.
 from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.outputs import StageOutput
+
+if TYPE_CHECKING:
+    from pipeline.store import OutputStore
 
 PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
@@ -116,8 +119,8 @@ class StoreLease:
         return True
 
 
-def store_lease(store: Any, output: StageOutput) -> StoreLease | None:
-    """The lease of `output` on `store` (an OutputStore), or None when its protocol has no
+def store_lease(store: OutputStore, output: StageOutput) -> StoreLease | None:
+    """The lease of `output` on `store`, or None when its protocol has no
     conditional writes here (anything but s3://)."""
     if store.url.split("://", 1)[0] not in ("s3", "s3a"):
         return None

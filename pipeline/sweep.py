@@ -2,8 +2,9 @@
 
 In: a config file, the base `--set` overrides, `--grid KEY=V1,V2` axes (every combination is a
 variant), named `--variant NAME KEY=V ...` variants, and `--seeds 0,1` (each variant trained once
-per seed); or the same from the config's `sweep:` section (`from_section`). Out: a list of `Variant`s, each with the overrides that make it (the base ones first,
-then its own, then `train.seed=S`), every one of them validated as a full config, and the
+per seed); or the same from the config's `sweep:` section (`from_section`). Out: a list of
+`Variant`s, each with the overrides that make it (the base ones first, then its own, then
+`train.seed=S`), every one of them validated as a full config, and the
 comparison metric: bits per byte on a fixed reference text (an evaluate task of type
 `perplexity` or `wikitext2`), which does not depend on the tokenizer, nor on the variant's own
 held-out split as `val_bpb` does.
